@@ -1,0 +1,51 @@
+"""Exceptions raised by the library. Each names the problem and carries the numbers behind it."""
+
+from __future__ import annotations
+
+__all__ = ["NonFiniteError", "OffManifoldError", "ShakeError"]
+
+
+class OffManifoldError(ValueError):
+    """A point given as a start (or a parameter) is not on its constraint set.
+
+    Attributes:
+        residual: the largest constraint violation found.
+        tolerance: the threshold it exceeded.
+    """
+
+    def __init__(self, message: str, residual: float, tolerance: float):
+        super().__init__(message)
+        self.residual = residual
+        self.tolerance = tolerance
+
+
+class NonFiniteError(FloatingPointError):
+    """The force (gradient) or the state became NaN/Inf.
+
+    The offending chains (or parameters) were left as they were before the failing step.
+
+    Attributes:
+        step: index (0-based) of the first failing step.
+        state: the sampler state with the failed chains frozen before that step, if any.
+    """
+
+    def __init__(self, message: str, step: int | None = None, state=None):
+        super().__init__(message)
+        self.step = step
+        self.state = state
+
+
+class ShakeError(RuntimeError):
+    """A SHAKE solve did not converge and strict mode was asked for.
+
+    Attributes:
+        step: index (0-based) of the first failing step.
+        n_failures: number of failed chain-steps.
+        state: the sampler state with the failed chains frozen before that step, if any.
+    """
+
+    def __init__(self, message: str, step: int | None = None, n_failures: int = 0, state=None):
+        super().__init__(message)
+        self.step = step
+        self.n_failures = n_failures
+        self.state = state

@@ -1,0 +1,195 @@
+"""What every integrator shares: the manifold, the force, hyperparameter checks, start-up."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..errors import NonFiniteError, OffManifoldError
+from ..manifolds.adapters import as_manifold
+
+__all__ = ["Dynamics", "State", "check_positive"]
+
+Potential = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class State:
+    """Integrator state for a batch of chains.
+
+    Attributes:
+        x: positions ``(*chains, *event)`` on the manifold.
+        p: tangent momenta like ``x`` (``None`` for the overdamped Euler scheme).
+        force: ``-grad U(x)``, carried so that each step costs one gradient evaluation.
+    """
+
+    x: torch.Tensor
+    p: torch.Tensor | None
+    force: torch.Tensor
+
+    def replace(self, **changes) -> State:
+        return replace(self, **changes)
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False, allow_inf: bool = False):
+    """Raise ``ValueError`` unless ``value`` is a positive (or zero) real number."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
+    if math.isnan(v) or v < 0 or (v == 0 and not allow_zero) or (math.isinf(v) and not allow_inf):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be {kind} and finite, got {value}")
+    return v
+
+
+class Dynamics:
+    """Shared base of :class:`~manifold_langevin.Langevin` and
+    :class:`~manifold_langevin.OverdampedLangevin`.
+
+    Args:
+        manifold: one of ours, or a plain ``geoopt.Sphere`` / ``geoopt.Stiefel`` /
+            ``geoopt.Euclidean``.
+        potential: ``U(x)`` returning one energy per chain, shape ``x.shape[:-ndim]``. ``None``
+            means ``U = 0`` (the uniform surface measure).
+        force: optional ``F(x) = -grad U(x)`` shaped like ``x``; if omitted it comes from autograd.
+        step_size: time step ``h > 0``.
+        temperature: ``tau >= 0``; the target is ``exp(-U / tau)`` times the surface measure.
+    """
+
+    #: weak order of configurational averages, set by subclasses
+    order: int = 0
+
+    def __init__(
+        self,
+        manifold,
+        potential: Potential | None = None,
+        *,
+        force: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        step_size: float,
+        temperature: float = 1.0,
+    ):
+        self.manifold = as_manifold(manifold)
+        if potential is not None and not callable(potential):
+            raise TypeError("potential must be callable (x -> energies per chain) or None")
+        if force is not None and not callable(force):
+            raise TypeError("force must be callable (x -> -grad U, shaped like x) or None")
+        self.potential = potential
+        self._force_fn = force
+        self.step_size = check_positive("step_size", step_size)
+        self.temperature = check_positive("temperature", temperature, allow_zero=True)
+
+    # ------------------------------------------------------------------ forces
+    def chain_shape(self, x: torch.Tensor) -> torch.Size:
+        return x.shape[: x.dim() - self.manifold.ndim]
+
+    def force(self, x: torch.Tensor) -> torch.Tensor:
+        """``-grad U(x)`` from ``force=`` or autograd (zero when there is no potential)."""
+        if self._force_fn is not None:
+            return self._force_fn(x)
+        if self.potential is None:
+            return torch.zeros_like(x)
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            u = self.potential(xg)
+            if not u.requires_grad:
+                return torch.zeros_like(x)
+            (grad,) = torch.autograd.grad(u.sum(), xg, allow_unused=True)
+        return torch.zeros_like(x) if grad is None else -grad
+
+    def _mask(self, flag: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return flag.reshape(flag.shape + (1,) * (like.dim() - flag.dim()))
+
+    def _finite(self, *tensors: torch.Tensor) -> torch.Tensor:
+        nd = self.manifold.ndim
+        dims = tuple(range(-nd, 0)) if nd else None
+        out = None
+        for t in tensors:
+            f = torch.isfinite(t)
+            f = f.all(dim=dims) if dims else f
+            out = f if out is None else out & f
+        return out
+
+    # ------------------------------------------------------------------ start-up
+    def check_start(self, x0: torch.Tensor, *, project: bool = False) -> torch.Tensor:
+        """Validate (or project) a start point; returns the point to use.
+
+        Raises:
+            TypeError: non-floating input.
+            ValueError: missing event dimensions.
+            OffManifoldError: the constraint residual exceeds 10x the SHAKE tolerance.
+        """
+        if not isinstance(x0, torch.Tensor):
+            x0 = torch.as_tensor(x0)
+        if not x0.is_floating_point():
+            raise TypeError(f"x0 must be a floating-point tensor, got {x0.dtype}")
+        nd = self.manifold.ndim
+        if x0.dim() < nd:
+            raise ValueError(
+                f"x0 has shape {tuple(x0.shape)} but {self.manifold.name} points have {nd} event "
+                "dimension(s)"
+            )
+        check = getattr(self.manifold, "_check_shape", None)
+        if check is not None:
+            ok, reason = check(x0.shape, "x0")
+            if not ok:
+                raise ValueError(reason)
+        if project:
+            x0 = self.manifold.projx(x0)
+        res = self.manifold.residual_norm(x0)
+        limit = 10 * self.manifold.tolerance(x0)
+        worst = float(res.max()) if res.numel() else 0.0
+        if not worst <= limit:
+            raise OffManifoldError(
+                f"start point is off the manifold: constraint residual {worst:.3g} exceeds "
+                f"{limit:.3g} (10x the SHAKE tolerance); fix x0 or pass project=True",
+                residual=worst,
+                tolerance=limit,
+            )
+        return x0
+
+    def _initial_force(self, x0: torch.Tensor) -> torch.Tensor:
+        f0 = self.force(x0)
+        if f0.shape != x0.shape:
+            raise ValueError(
+                f"the force must be shaped like x ({tuple(x0.shape)}), got {tuple(f0.shape)}"
+            )
+        if self.potential is not None and self._force_fn is None:
+            u = self.potential(x0)
+            if u.shape != self.chain_shape(x0):
+                raise ValueError(
+                    f"potential must return one energy per chain, shape "
+                    f"{tuple(self.chain_shape(x0))}; got {tuple(u.shape)}"
+                )
+        if not bool(self._finite(f0).all()):
+            raise NonFiniteError("the force is NaN/Inf at the start point", step=None)
+        return f0
+
+    @staticmethod
+    def _check_generator(generator, x0):
+        if generator is not None and generator.device.type != x0.device.type:
+            raise ValueError(
+                f"the generator lives on {generator.device} but x0 on {x0.device}; create it "
+                f"with torch.Generator(device={str(x0.device)!r})"
+            )
+
+    def init(self, x0, *, p0=None, generator=None, project: bool = False) -> State:
+        """Build the start state; subclasses add the momentum."""
+        raise NotImplementedError
+
+    def step(self, state: State, generator=None) -> tuple[State, torch.Tensor, torch.Tensor]:
+        """One step for every chain: ``(new_state, converged, finite)``, flags per chain.
+
+        Chains whose step failed (``converged & finite`` false) are returned as they were before
+        the step (with their momentum resampled where the scheme has one).
+        """
+        raise NotImplementedError
+
+    def sample(self, x0, n_steps: int, **kwargs):
+        """Run the chains from ``x0``: see :func:`manifold_langevin.sampling.sample`."""
+        from ..sampling import sample
+
+        return sample(self, x0, n_steps, **kwargs)

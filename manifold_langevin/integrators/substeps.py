@@ -1,0 +1,116 @@
+r"""The B, A and O sub-steps, written once against the manifold interface.
+
+Every scheme of this package, the samplers and the :mod:`manifold_langevin.optim` optimizer alike,
+is a composition of these three maps (unit mass, Euclidean metric, :math:`P(x)` the tangent
+projection of the manifold):
+
+* **B** (kick): :math:`p \leftarrow P(x)\,(p + h F(x))`;
+* **A** (constrained drift): the exact geodesic flow where the manifold has one, else
+  :math:`K` RATTLE sub-steps of size :math:`h/K`: SHAKE
+  :math:`x' = x + (h/K) p + J(x)^T \lambda` with :math:`g(x') = 0`, then
+  :math:`p' = P(x')\,(x' - x)/(h/K)`;
+* **O** (exact Ornstein-Uhlenbeck): :math:`p \leftarrow c_1 p + c_2 P(x) R`, with
+  :math:`c_1 = e^{-\gamma h}`, :math:`c_2 = \sqrt{\tau (1 - c_1^2)}` and :math:`R` standard normal.
+
+The overdamped schemes add one more map:
+
+* **E** (projected Euler-Maruyama): :math:`x' = x + h F(x) + \sqrt{2 h \tau} R + J(x)^T \lambda`
+  with :math:`g(x') = 0` (SHAKE), or the geodesic from :math:`x` with initial velocity
+  :math:`P(x)(h F + \sqrt{2 h \tau} R)` for unit time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..manifolds.base import ConstrainedManifold
+
+__all__ = ["drift", "euler", "kick", "ornstein_uhlenbeck", "ou_coefficients"]
+
+
+def kick(
+    manifold: ConstrainedManifold, x: torch.Tensor, p: torch.Tensor, force: torch.Tensor, h: float
+) -> torch.Tensor:
+    """B: ``p <- P(x) (p + h F)``."""
+    return manifold.proju(x, p + h * force)
+
+
+def drift(
+    manifold: ConstrainedManifold,
+    x: torch.Tensor,
+    p: torch.Tensor,
+    h: float,
+    *,
+    substeps: int = 1,
+    geodesic: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A: move ``(x, p)`` for time ``h`` along the constrained free flow.
+
+    Args:
+        manifold: the constraint set.
+        x: positions ``(..., *event)``; ``p``: tangent momenta, same shape.
+        h: time step.
+        substeps: number ``K`` of RATTLE sub-steps when no exact geodesic is used (g-BAOAB).
+        geodesic: use the manifold's closed-form geodesic when it has one.
+
+    Returns:
+        ``(x', p', ok)`` with ``ok`` a per-chain boolean: every SHAKE solve converged. Chains with
+        ``ok == False`` hold garbage and must be discarded by the caller.
+    """
+    if geodesic and manifold.has_geodesic:
+        x_new, p_new = manifold.geodesic(x, p, h)
+        batch = x.shape[: x.dim() - manifold.ndim]
+        return x_new, p_new, torch.ones(batch, dtype=torch.bool, device=x.device)
+    dt = h / substeps
+    ok = None
+    for _ in range(substeps):
+        x_new, ok_k = manifold.shake(x, x + dt * p)
+        p = manifold.proju(x_new, (x_new - x) / dt)
+        x = x_new
+        ok = ok_k if ok is None else ok & ok_k
+    return x, p, ok
+
+
+def ou_coefficients(friction: float, temperature: float, h: float) -> tuple[float, float]:
+    """``(c1, c2) = (exp(-gamma h), sqrt(tau (1 - c1^2)))``; ``friction = inf`` gives ``c1 = 0``."""
+    c1 = 0.0 if math.isinf(friction) else math.exp(-friction * h)
+    return c1, math.sqrt(temperature * (1.0 - c1 * c1))
+
+
+def ornstein_uhlenbeck(
+    manifold: ConstrainedManifold,
+    x: torch.Tensor,
+    p: torch.Tensor,
+    c1: float,
+    c2: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """O: ``p <- c1 p + c2 P(x) R`` (``p`` already tangent); no noise is drawn if ``c2 == 0``."""
+    if c2 == 0.0:
+        return c1 * p
+    return c1 * p + c2 * manifold.random_normal_tangent(x, generator)
+
+
+def euler(
+    manifold: ConstrainedManifold,
+    x: torch.Tensor,
+    force: torch.Tensor,
+    h: float,
+    temperature: float,
+    generator: torch.Generator | None = None,
+    *,
+    geodesic: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """E: one projected Euler-Maruyama step; returns ``(x', ok)`` as :func:`drift` does."""
+    v = h * force
+    if temperature > 0:
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        v = v + math.sqrt(2.0 * h * temperature) * noise
+    v = manifold.proju(x, v)
+    if geodesic and manifold.has_geodesic:
+        x_new = manifold.geodesic(x, v, 1.0)[0]
+        batch = x.shape[: x.dim() - manifold.ndim]
+        return x_new, torch.ones(batch, dtype=torch.bool, device=x.device)
+    return manifold.shake(x, x + v)

@@ -1,0 +1,213 @@
+"""The constraint view of a manifold, on top of :class:`geoopt.Manifold`.
+
+A constrained manifold is a level set ``Sigma = {x : g(x) = 0}`` embedded in Euclidean space with
+the Euclidean metric. Points carry ``ndim`` trailing *event* dimensions (1 for vectors, 2 for
+matrices); every leading dimension is a batch (chain) dimension. Everything the integrators need
+is here:
+
+* ``constraint(x)``: the residual ``g(x)``, shape ``(..., m)``;
+* ``jvp(x, v) = J(x) v`` and ``vjp(x, lam) = J(x)^T lam``;
+* ``proju(x, v) = v - J^T (J J^T)^{-1} J v``: the tangent (RATTLE) projection;
+* ``shake(x, x_tilde)``: solve ``g(x_tilde + J(x)^T lam) = 0`` for ``lam`` (SHAKE along the old
+  normals), returning the new point and a per-chain convergence flag kept on device;
+* ``geodesic(x, v, t)``: the exact constrained free flow where a closed form exists.
+
+The generic SHAKE solve here is Newton's method (or a simplified Newton variant that freezes the
+iteration matrix at the first iterate) on the ``m`` Lagrange multipliers, run for a fixed number of
+iterations so that no host synchronisation is needed; convergence is judged per chain from the
+final residual. Subclasses with closed forms (spheres, circles, Stiefel) override ``shake`` and
+``geodesic``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import geoopt
+import torch
+
+__all__ = ["ConstrainedManifold", "default_tolerance", "event_sum"]
+
+_BASE_TOL = {
+    torch.float64: 1e-12,
+    torch.float32: 1e-6,
+    torch.bfloat16: 3e-2,
+    torch.float16: 3e-3,
+}
+
+
+def default_tolerance(dtype: torch.dtype, inner_size: int = 1) -> float:
+    """Default SHAKE tolerance for ``dtype``.
+
+    ``inner_size`` is the length of the sums that form one constraint value (for a sphere the
+    dimension, for Stiefel the number of rows): rounding grows like its square root, and the
+    tolerance must stay above that floor or every solve would be reported as failed.
+    """
+    if dtype not in _BASE_TOL:
+        raise TypeError(f"unsupported dtype {dtype}: use a floating-point dtype")
+    eps = torch.finfo(dtype).eps
+    return max(_BASE_TOL[dtype], 8.0 * eps * math.sqrt(max(inner_size, 1)))
+
+
+def event_sum(t: torch.Tensor, ndim: int, keepdim: bool = False) -> torch.Tensor:
+    """Sum over the trailing ``ndim`` event dimensions."""
+    if ndim == 0:
+        return t
+    return t.sum(dim=tuple(range(-ndim, 0)), keepdim=keepdim)
+
+
+class ConstrainedManifold(geoopt.Manifold):
+    """Base class: a level set ``g(x) = 0`` with the Euclidean metric.
+
+    Subclasses implement :meth:`constraint` and, for the generic Newton SHAKE, :meth:`jacobian`
+    (dense, ``(..., m, N)`` with ``N`` the flattened event size). Closed-form subclasses override
+    :meth:`jvp`, :meth:`vjp`, :meth:`proju`, :meth:`shake` and :meth:`geodesic` instead.
+
+    Attributes:
+        ndim: number of trailing event dimensions of a point.
+        has_geodesic: whether :meth:`geodesic` is an exact closed form.
+        max_iter: iteration budget of the SHAKE solve.
+        newton: ``True`` for Newton, ``False`` for simplified Newton (the iteration matrix
+            ``J(x~) J(x)^T`` is formed once, at the unconstrained point, and reused).
+    """
+
+    ndim = 1
+    name = "Constrained"
+    reversible = False
+    has_geodesic = False
+
+    def __init__(self, *, tol: float | None = None, max_iter: int = 12, newton: bool = True):
+        super().__init__()
+        if tol is not None and not tol > 0:
+            raise ValueError(f"tol must be positive, got {tol}")
+        if max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+        self.tol = tol
+        self.max_iter = int(max_iter)
+        self.newton = bool(newton)
+
+    # ------------------------------------------------------------------ constraint view
+    def constraint(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual ``g(x)``, shape ``(..., m)``."""
+        raise NotImplementedError
+
+    def jacobian(self, x: torch.Tensor) -> torch.Tensor:
+        """Dense Jacobian ``Dg(x)``, shape ``(..., m, N)`` with ``N`` the flattened event size."""
+        raise NotImplementedError(f"{type(self).__name__} has no dense Jacobian")
+
+    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(*x.shape[: x.dim() - self.ndim], -1)
+
+    def jvp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``J(x) v``, shape ``(..., m)``."""
+        return (self.jacobian(x) @ self._flat(v).unsqueeze(-1)).squeeze(-1)
+
+    def vjp(self, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """``J(x)^T lam``, shaped like ``x``."""
+        out = (self.jacobian(x).transpose(-1, -2) @ lam.unsqueeze(-1)).squeeze(-1)
+        return out.reshape(x.shape)
+
+    def proju(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Tangent (RATTLE) projection ``u - J^T (J J^T)^{-1} J u``."""
+        jac = self.jacobian(x)
+        uf = self._flat(u).unsqueeze(-1)
+        gram = jac @ jac.transpose(-1, -2)
+        lam = torch.linalg.solve_ex(gram, jac @ uf)[0]
+        return (uf - jac.transpose(-1, -2) @ lam).squeeze(-1).reshape(u.shape)
+
+    def residual_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-chain violation ``max_i |g_i(x)|`` (scale-free where a subclass says so)."""
+        return self.constraint(x).abs().amax(dim=-1)
+
+    def tolerance(self, x: torch.Tensor) -> float:
+        """SHAKE tolerance for points like ``x`` (the user's ``tol`` if given)."""
+        if self.tol is not None:
+            return self.tol
+        return default_tolerance(x.dtype, self._inner_size(x))
+
+    def _inner_size(self, x: torch.Tensor) -> int:
+        return self._flat(x).shape[-1]
+
+    def shake(
+        self, x: torch.Tensor, x_tilde: torch.Tensor, *, max_iter: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Solve ``g(x_tilde + J(x)^T lam) = 0`` for ``lam``.
+
+        Args:
+            x: the old point (its normals span the correction), shape ``(..., *event)``.
+            x_tilde: the unconstrained update, same shape.
+            max_iter: iteration budget (default: ``self.max_iter``).
+
+        Returns:
+            ``(x_new, converged)`` with ``converged`` a boolean tensor of the batch shape: the final
+            residual is finite and at most :meth:`tolerance`. Where it is ``False`` the returned
+            point is garbage (possibly NaN) and must be discarded by the caller.
+        """
+        iters = self.max_iter if max_iter is None else max_iter
+        jac0_t = self.jacobian(x).transpose(-1, -2)  # (..., N, m)
+        xt = self._flat(x_tilde)
+        lam = torch.zeros(*jac0_t.shape[:-2], jac0_t.shape[-1], 1, dtype=x.dtype, device=x.device)
+        mat = None
+        for _ in range(iters):
+            yr = (xt + (jac0_t @ lam).squeeze(-1)).reshape(x.shape)
+            g = self.constraint(yr).unsqueeze(-1)
+            if mat is None or self.newton:
+                mat = self.jacobian(yr) @ jac0_t
+            lam = lam - torch.linalg.solve_ex(mat, g)[0]
+        x_new = (xt + (jac0_t @ lam).squeeze(-1)).reshape(x.shape)
+        res = self.residual_norm(x_new)
+        converged = torch.isfinite(res) & (res <= self.tolerance(x))
+        return x_new, converged
+
+    def geodesic(
+        self, x: torch.Tensor, v: torch.Tensor, t: float | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact constrained free flow for time ``t`` from ``(x, v)``; ``v`` tangent at ``x``."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form geodesic")
+
+    # ------------------------------------------------------------------ geoopt interface
+    def egrad2rgrad(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return self.proju(x, u)
+
+    def inner(self, x, u, v=None, *, keepdim=False):
+        if v is None:
+            v = u
+        return event_sum(u * v, self.ndim, keepdim=keepdim)
+
+    def projx(self, x: torch.Tensor) -> torch.Tensor:
+        """Nearest-normal projection: SHAKE from ``x`` onto ``Sigma`` along its own normals."""
+        y, ok = self.shake(x, x, max_iter=max(self.max_iter, 30))
+        return torch.where(self._bcast(ok, x), y, x)
+
+    def retr(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Retraction by SHAKE; a chain whose solve fails stays at ``x``."""
+        y, ok = self.shake(x, x + u)
+        return torch.where(self._bcast(ok, x), y, x)
+
+    def expmap(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        if self.has_geodesic:
+            return self.geodesic(x, u, 1.0)[0]
+        return self.retr(x, u)
+
+    def transp(self, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.proju(y, v)
+
+    def _bcast(self, flag: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return flag.reshape(flag.shape + (1,) * self.ndim).expand_as(like)
+
+    def _check_point_on_manifold(self, x, *, atol=1e-5, rtol=1e-5):
+        res = self.residual_norm(x)
+        ok = bool((res <= atol).all())
+        return ok, None if ok else f"constraint residual {float(res.max()):.3g} > {atol}"
+
+    def _check_vector_on_tangent(self, x, u, *, atol=1e-5, rtol=1e-5):
+        ju = self.jvp(x, u).abs().amax()
+        ok = bool(ju <= atol)
+        return ok, None if ok else f"|J u| = {float(ju):.3g} > {atol}"
+
+    def random_normal_tangent(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """A standard Gaussian on the tangent space at ``x`` (projected ambient normal)."""
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return self.proju(x, z)
