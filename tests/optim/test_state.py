@@ -1,0 +1,172 @@
+"""Checkpoints, copies, schedulers and reproducibility of CoLA."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+from manifold_langevin.optim import CoLA, constrained_groups
+
+from .helpers import batches, mlp, params_equal, train
+
+CONFIGS = [
+    pytest.param({"constraint": "orthogonal", "temperature": 1e-3}, id="orthogonal-ud"),
+    pytest.param(
+        {"constraint": "orthogonal", "temperature": 1e-3, "geodesic": True},
+        id="orthogonal-geodesic",
+    ),
+    pytest.param({"constraint": "circle", "temperature": 1e-3}, id="circle-ud"),
+    pytest.param({"constraint": "circle", "temperature": 1e-3, "scheme": "od"}, id="circle-od"),
+]
+
+
+def _make(config, seed=0):
+    config = dict(config)
+    constraint = config.pop("constraint")
+    model = mlp(seed=seed)
+    opt = CoLA(constrained_groups(model, constraint), lr=0.1, seed=123, **config)
+    return model, opt
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_resume_is_bit_identical(config):
+    data = batches(20)
+    model, opt = _make(config)
+    train(model, opt, data, 10)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    train(model, opt, data, 10, start=10)
+
+    # a fresh process would rebuild the model and optimizer from scratch (other seeds on purpose)
+    model2, opt2 = _make(config, seed=7)
+    opt2.seed = 999
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=False)
+    model2.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["opt"])
+    train(model2, opt2, data, 10, start=10)
+    assert params_equal(model, model2)
+    for p, q in zip(model.parameters(), model2.parameters()):
+        for k, v in opt.state[p].items():
+            w = opt2.state[q][k]
+            assert torch.equal(v, w) if torch.is_tensor(v) else v == w
+            if torch.is_tensor(v):
+                assert v.dtype == w.dtype
+
+
+def test_state_dict_round_trip_keeps_counter_dtype():
+    model, opt = _make({"constraint": "orthogonal", "temperature": 1e-3})
+    train(model, opt, batches(2), 2)
+    sd = opt.state_dict()
+    assert sd["cola"]["version"] == 1
+    assert "generators" in sd["cola"]
+    opt.load_state_dict(sd)
+    for st in opt.state.values():
+        assert st["n_rejected"].dtype == torch.int64
+
+
+def test_same_seed_same_run_and_other_seed_other_run():
+    data = batches(5)
+    runs = []
+    for seed in (1, 1, 2):
+        model = mlp()
+        opt = CoLA(constrained_groups(model, "orthogonal"), lr=0.1, temperature=1e-2, seed=seed)
+        train(model, opt, data, 5)
+        runs.append(model)
+    assert params_equal(runs[0], runs[1])
+    assert not params_equal(runs[0], runs[2])
+
+
+def test_seed_from_global_generator():
+    torch.manual_seed(3)
+    a = CoLA([torch.nn.Parameter(torch.zeros(2))], lr=0.1).seed
+    torch.manual_seed(3)
+    b = CoLA([torch.nn.Parameter(torch.zeros(2))], lr=0.1).seed
+    assert a == b
+
+
+def test_user_generator_is_used():
+    w = torch.nn.Parameter(torch.zeros(3))
+    gen = torch.Generator().manual_seed(0)
+    opt = CoLA([w], lr=0.1, temperature=1.0, generator=gen)
+    before = gen.get_state().clone()
+    w.grad = torch.zeros(3)
+    opt.step()
+    assert not torch.equal(gen.get_state(), before)
+    with pytest.raises(ValueError, match="seed"):
+        CoLA([w], lr=0.1, seed=0, generator=gen)
+
+
+@pytest.mark.parametrize("config", CONFIGS[:3])
+def test_deepcopy_continues_identically(config):
+    data = batches(10)
+    model, opt = _make(config)
+    train(model, opt, data, 5)
+    model2, opt2 = copy.deepcopy((model, opt))
+    assert opt2._generators["cpu"] is not opt._generators["cpu"]
+    train(model, opt, data, 5, start=5)
+    train(model2, opt2, data, 5, start=5)
+    assert params_equal(model, model2)
+
+
+def test_lr_scheduler_changes_the_step():
+    x = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    opt = CoLA([x], lr=0.4, scheme="od")  # unconstrained Euler: x <- x - lr * grad
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    expected = torch.zeros(3, dtype=torch.float64)
+    for i in range(4):
+        g = torch.full((3,), float(i + 1), dtype=torch.float64)
+        x.grad = g.clone()
+        opt.step()
+        expected -= 0.4 * 0.5**i * g
+        sched.step()
+        assert torch.allclose(x.detach(), expected, atol=1e-15)
+
+
+def test_lr_scheduler_carries_the_previous_half_kick():
+    # ud: kick at step n is h_{n-1}/2 + h_n/2
+    x = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    opt = CoLA([x], lr=0.4, friction=float("inf"), fuse=False)  # momentum dropped every step
+    sched = torch.optim.lr_scheduler.MultiplicativeLR(opt, lambda _: 0.5)
+    hs = [0.4, 0.2, 0.1]
+    for n, h in enumerate(hs):
+        before = x.detach().clone()
+        x.grad = torch.ones(1, dtype=torch.float64)
+        opt.step()
+        kick = h / 2 if n == 0 else hs[n - 1] / 2 + h / 2
+        assert torch.allclose(
+            x.detach() - before, torch.tensor([-kick * h / 2], dtype=torch.float64)
+        )
+        sched.step()
+
+
+def test_state_dict_from_another_model_is_refused():
+    model, opt = _make({"constraint": "orthogonal"})
+    train(model, opt, batches(1), 1)
+    sd = opt.state_dict()
+
+    other = mlp(sizes=(6, 10, 10, 3))  # same structure, other shapes
+    opt_other = CoLA(constrained_groups(other, "orthogonal"), lr=0.1)
+    with pytest.raises(ValueError, match="shape"):
+        opt_other.load_state_dict(sd)
+
+    deeper = mlp(sizes=(6, 12, 12, 12, 3))  # other number of parameters
+    opt_deeper = CoLA(constrained_groups(deeper, "orthogonal"), lr=0.1)
+    with pytest.raises(ValueError, match=r"parameters|group"):
+        opt_deeper.load_state_dict(sd)
+
+    circ = mlp()
+    opt_circ = CoLA(constrained_groups(circ, "circle"), lr=0.1)
+    with pytest.raises(ValueError, match="group"):
+        opt_circ.load_state_dict(sd)
+
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="not written by CoLA"):
+        opt.load_state_dict(sgd.state_dict())
+
+    bad = dict(sd, cola=dict(sd["cola"], version=99))
+    with pytest.raises(ValueError, match="version"):
+        opt.load_state_dict(bad)
