@@ -15,20 +15,31 @@ def test_public_contract_sampling():
     sphere, stiefel, circles = ml.Sphere(radius=1.0), ml.Stiefel(), ml.Circles(radius=0.1)
     assert all(isinstance(m, geoopt.Manifold) for m in (ellipse, sphere, stiefel, circles))
 
-    sampler = ml.Langevin(ellipse, potential=lambda x: x[..., 1], step_size=0.05,
-                          friction=1.0, temperature=1.0, scheme="BAOAB")
+    sampler = ml.Langevin(
+        ellipse,
+        potential=lambda x: x[..., 1],
+        step_size=0.05,
+        friction=1.0,
+        temperature=1.0,
+        scheme="BAOAB",
+    )
     t = torch.linspace(0, 2 * math.pi, 33, dtype=torch.float64)[:-1]
     x0 = torch.stack([2 * torch.cos(t), torch.sin(t)], dim=-1)  # (n_chains, 2) on the ellipse
-    out = sampler.sample(x0, n_steps=400, burn_in=40,
-                         observables={"y": lambda x: x[..., 1]},
-                         generator=torch.Generator().manual_seed(0))
+    out = sampler.sample(
+        x0,
+        n_steps=400,
+        burn_in=40,
+        observables={"y": lambda x: x[..., 1]},
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.means["y"].shape == () and out.stderrs["y"].shape == ()
     assert out.max_residual < 1e-12 and out.n_failures == 0
     assert out.state.x.shape == x0.shape
 
     for scheme in ("euler", "lm"):
-        od = ml.OverdampedLangevin(ellipse, potential=lambda x: x[..., 1], step_size=0.01,
-                                   temperature=1.0, scheme=scheme)
+        od = ml.OverdampedLangevin(
+            ellipse, potential=lambda x: x[..., 1], step_size=0.01, temperature=1.0, scheme=scheme
+        )
         res = od.sample(x0, n_steps=50, generator=torch.Generator().manual_seed(0))
         assert res.max_residual < 1e-12
 
