@@ -26,6 +26,7 @@ import math
 import torch
 
 from ..manifolds.base import ConstrainedManifold
+from ..noise import standard_normal
 
 __all__ = ["drift", "euler", "kick", "ornstein_uhlenbeck", "ou_coefficients"]
 
@@ -106,8 +107,7 @@ def euler(
     """E: one projected Euler-Maruyama step; returns ``(x', ok)`` as :func:`drift` does."""
     v = h * force
     if temperature > 0:
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        v = v + math.sqrt(2.0 * h * temperature) * noise
+        v = v + math.sqrt(2.0 * h * temperature) * standard_normal(x, generator)
     v = manifold.proju(x, v)
     if geodesic and manifold.has_geodesic:
         x_new = manifold.geodesic(x, v, 1.0)[0]

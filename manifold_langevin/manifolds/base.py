@@ -26,6 +26,8 @@ import math
 import geoopt
 import torch
 
+from ..noise import standard_normal
+
 __all__ = ["ConstrainedManifold", "default_tolerance", "event_sum"]
 
 _BASE_TOL = {
@@ -205,9 +207,9 @@ class ConstrainedManifold(geoopt.Manifold):
         ok = bool(ju <= atol)
         return ok, None if ok else f"|J u| = {float(ju):.3g} > {atol}"
 
-    def random_normal_tangent(
-        self, x: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """A standard Gaussian on the tangent space at ``x`` (projected ambient normal)."""
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        return self.proju(x, z)
+    def random_normal_tangent(self, x: torch.Tensor, generator=None) -> torch.Tensor:
+        """A standard Gaussian on the tangent space at ``x`` (projected ambient normal).
+
+        ``generator`` is a ``torch.Generator`` or a noise source (:mod:`manifold_langevin.noise`).
+        """
+        return self.proju(x, standard_normal(x, generator))
