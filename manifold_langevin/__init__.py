@@ -47,9 +47,9 @@ __all__ = [
 
 
 def __getattr__(name):
-    # the optimizer layer imports lazily so that samplers load without it
-    if name == "optim":
+    # the optimizer, data and training layers import lazily so that samplers load without them
+    if name in ("optim", "data", "training"):
         import importlib
 
-        return importlib.import_module(".optim", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,13 @@
-"""The ``manifold-langevin`` command line.
+"""The ``manifold-langevin`` command line: ``validate`` and ``train``.
 
 ``manifold-langevin validate [--quick] [--problem P] [--scheme S] [--device D] [--order]`` runs the
 invariant-measure suite (every problem of ``validation/problems.py`` against its exact values) and,
 with ``--order``, the weak-order study; it prints a table of measured versus exact values and writes
 JSON and PNG files under ``--out``. The evidence scripts live in the source tree's ``validation/``
 folder, so the command needs a source checkout installed with ``pip install -e .``.
+
+``manifold-langevin train --dataset fashion-mnist|digits|spiral --constraint circle|orthogonal|none
+...`` trains a network (see :mod:`manifold_langevin.train_cli`).
 """
 
 from __future__ import annotations
@@ -76,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="output folder (default: validation/results)"
     )
     v.set_defaults(func=_validate)
+    from .train_cli import add_train_parser
+
+    add_train_parser(sub)
     return ap
 
 
