@@ -103,10 +103,15 @@ def _radius_of(radius: Radius | None, name: str, p: torch.Tensor, first: bool) -
         return float(radius(name, p))
     if isinstance(radius, Mapping):
         return float(radius.get(name, r0 if first else r1))
-    if isinstance(radius, tuple):
+    if isinstance(radius, (tuple, list)):
         if len(radius) != 2:
-            raise ValueError(f"radius as a tuple is (first layer, other layers), got {radius}")
+            raise ValueError(f"radius as a pair is (first layer, other layers), got {radius}")
         return float(radius[0] if first else radius[1])
+    if not isinstance(radius, (int, float)) or isinstance(radius, bool):
+        raise TypeError(
+            "radius must be a float, a pair (r0, r1), a mapping name -> radius or a callable, "
+            f"got {type(radius).__name__}"
+        )
     return float(radius)
 
 

@@ -122,3 +122,17 @@ def test_circle_init_modes():
     assert circle_init_(w.clone(), 0.1, "scale").tolist() == pytest.approx([0.06, -0.1, 0.01])
     with pytest.raises(ValueError):
         circle_init_(w, 0.1, "wrap")
+
+
+def test_radius_pair_as_list_and_bad_type():
+    import pytest
+    import torch
+
+    import manifold_langevin as ml
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    groups = ml.optim.constrained_groups(net, "circle", radius=[0.2, 0.3])
+    radii = sorted(g["radius"] for g in groups if g.get("constraint") == "circle")
+    assert radii == [0.2, 0.3]
+    with pytest.raises(TypeError, match="radius must be"):
+        ml.optim.constrained_groups(net, "circle", radius="0.1")
