@@ -38,9 +38,9 @@ class OverdampedLangevin(Dynamics):
       the last noise as a momentum and uses exact geodesics where they exist. In flat space
       (no constraint, or linear ones) its stationary averages are second order in
       :math:`\delta t`; on curved manifolds we measure first order (von Mises-Fisher on
-      :math:`S^2`, with geodesic or RATTLE A-steps), with an error constant about 25 times smaller
+      :math:`S^2`, with geodesic or RATTLE A-steps), with an error constant about 20 times smaller
       than projected Euler-Maruyama's and no SHAKE failures when geodesics are used. Laurent &
-      Vilmart (Found. Comput. Math., 2021) give the order conditions that a constrained
+      Vilmart (Found. Comput. Math., 2022) give the order conditions that a constrained
       scheme needs for second order.
 
     Args:

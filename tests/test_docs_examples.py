@@ -1,0 +1,29 @@
+"""Every Python block of the README and the docs runs, so the examples cannot rot."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+
+
+def _blocks():
+    for page in PAGES:
+        for i, code in enumerate(BLOCK.findall(page.read_text())):
+            yield pytest.param(code, id=f"{page.relative_to(ROOT)}-{i}")
+
+
+@pytest.mark.parametrize("code", list(_blocks()))
+def test_example_runs(code, capsys):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        exec(compile(code, "<example>", "exec"), {"__name__": "__example__"})
+    finally:
+        torch.set_num_threads(before)
