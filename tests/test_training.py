@@ -16,15 +16,6 @@ from manifold_langevin.optim import CoLA
 from manifold_langevin.train_cli import add_train_parser, optimizer_name
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: on a busy 2-core machine the intra-op pool's barriers cost more than they save
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return data.digits()

@@ -9,14 +9,6 @@ import torch
 import manifold_langevin as ml
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _quadratic(target):
     return lambda x: 0.5 * ((x - target) ** 2).flatten(-2).sum(-1)
 
