@@ -1,4 +1,4 @@
-"""The ``manifold-langevin`` command line: ``validate`` and ``train``.
+"""The ``manifold-langevin`` command line: ``validate``, ``train`` and ``bench``.
 
 ``manifold-langevin validate [--quick] [--problem P] [--scheme S] [--device D] [--order]`` runs the
 invariant-measure suite (every problem of ``validation/problems.py`` against its exact values) and,
@@ -8,6 +8,9 @@ folder, so the command needs a source checkout installed with ``pip install -e .
 
 ``manifold-langevin train --dataset fashion-mnist|digits|spiral --constraint circle|orthogonal|none
 ...`` trains a network (see :mod:`manifold_langevin.train_cli`).
+
+``manifold-langevin bench [--quick] [--what optim|sampler|all]`` times CoLA's step and the sampler
+against their peers (see :mod:`manifold_langevin.bench_cli`).
 """
 
 from __future__ import annotations
@@ -20,22 +23,23 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-def _validation(module: str):
-    """Import ``validation.<module>`` from the source checkout, with a clear error when absent."""
+def validation_module(module: str, command: str = "validate"):
+    """Import ``validation.<module>`` from the source checkout, with a clear error when absent
+    (``command`` names the subcommand in the message)."""
     try:
         return importlib.import_module(f"validation.{module}")
     except ModuleNotFoundError as exc:
         if exc.name not in ("validation", f"validation.{module}"):
             raise
         raise SystemExit(
-            "manifold-langevin validate: the evidence scripts (validation/) are not importable. "
+            f"manifold-langevin {command}: the scripts of validation/ are not importable. "
             "They ship with the source tree: clone the repository and run `pip install -e .` "
             "from its root."
         ) from exc
 
 
 def _validate(args: argparse.Namespace) -> int:
-    im = _validation("invariant_measure")
+    im = validation_module("invariant_measure")
     argv = ["--device", args.device, "--seed", str(args.seed), "--dtype", args.dtype]
     if args.quick:
         argv.append("--quick")
@@ -47,7 +51,7 @@ def _validate(args: argparse.Namespace) -> int:
         argv += ["--out", str(args.out)]
     status = im.main(argv)
     if args.order:
-        wo = _validation("weak_order")
+        wo = validation_module("weak_order")
         wargv = ["--device", args.device, "--seed", str(args.seed)]
         if args.quick:
             wargv.append("--quick")
@@ -79,9 +83,11 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="output folder (default: validation/results)"
     )
     v.set_defaults(func=_validate)
+    from .bench_cli import add_bench_parser
     from .train_cli import add_train_parser
 
     add_train_parser(sub)
+    add_bench_parser(sub)
     return ap
 
 

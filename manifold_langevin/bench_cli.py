@@ -1,0 +1,71 @@
+"""``manifold-langevin bench``: the performance evidence (optimizer steps and sampler throughput).
+
+``manifold-langevin bench [--quick] [--what optim|sampler|all] [--case C ...] [--device D]
+[--threads N] [--reps R] [--out DIR]`` runs ``validation/bench_optim.py`` (CoLA's step against
+SGD, geoopt, the paper's SHAKE and torch's orthogonal parametrizations, as ratios measured in one
+process) and/or ``validation/bench_sampler.py`` (chain-steps per second against the number of
+chains and the dimension), prints the tables and the issue's targets, and writes JSON and PNG
+files under ``--out``. Like ``validate``, it needs the source checkout installed with
+``pip install -e .`` (the scripts live in ``validation/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .cli import validation_module
+
+__all__ = ["add_bench_parser", "run_bench"]
+
+_WHAT = ("all", "optim", "sampler")
+
+
+def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``).
+
+    Returns the new subparser; its ``func`` default is :func:`run_bench`.
+    """
+    b = subparsers.add_parser(
+        "bench",
+        help="time CoLA's step and the sampler against their peers",
+        description=(
+            "Optimizer-step benchmark (ratios against SGD, geoopt, the paper's SHAKE and torch's "
+            "orthogonal parametrizations, medians over many repetitions in one process) and "
+            "sampler throughput (chain-steps per second against chains and dimension)."
+        ),
+    )
+    b.add_argument("--quick", action="store_true", help="tiny sizes: a few seconds")
+    b.add_argument("--what", choices=_WHAT, default="all", help="which benchmark (default: all)")
+    b.add_argument(
+        "--case", action="append", help="optimizer case (repeatable; default: all cases)"
+    )
+    b.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    b.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    b.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    b.add_argument("--reps", type=int, default=None, help="repetitions per optimizer method")
+    b.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: validation/results)"
+    )
+    b.set_defaults(func=run_bench)
+    return b
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Run the benchmarks selected by ``args`` (parsed by :func:`add_bench_parser`'s parser)."""
+    common = ["--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads)]
+    if args.quick:
+        common.append("--quick")
+    if args.out is not None:
+        common += ["--out", str(args.out)]
+    status = 0
+    if args.what in ("all", "optim"):
+        argv = list(common)
+        for c in args.case or ():
+            argv += ["--case", c]
+        if args.reps is not None:
+            argv += ["--reps", str(args.reps)]
+        status = max(status, int(validation_module("bench_optim", "bench").main(argv)))
+    if args.what in ("all", "sampler"):
+        status = max(status, int(validation_module("bench_sampler", "bench").main(common)))
+    return status

@@ -1,0 +1,94 @@
+"""The benchmarks' ``--quick`` runs: JSON schema and the ``bench`` subcommand (not timings).
+
+Timing targets live in the benchmark report (``validation/results/bench_optim.json``), never in
+unit tests: these runs use tiny sizes, one thread and a few repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from manifold_langevin import cli
+from manifold_langevin.bench_cli import add_bench_parser, run_bench
+from validation import bench_optim, bench_sampler
+
+
+def _check_optim_schema(result):
+    assert result["schema_version"] == bench_optim.SCHEMA_VERSION
+    assert result["benchmark"] == "bench_optim"
+    assert {"torch", "device", "threads"} <= set(result["environment"])
+    names = [c["case"] for c in result["cases"]]
+    assert len(names) == len(bench_optim.CASES)
+    for case in result["cases"]:
+        assert {"key", "case", "description", "baseline", "unit", "info", "methods"} <= set(case)
+        assert case["key"] in bench_optim.CASES
+        assert case["baseline"] in case["methods"]
+        assert case["methods"][case["baseline"]]["ratio_to_baseline"] == pytest.approx(1.0)
+        for stats in case["methods"].values():
+            assert {"median_ms", "q1_ms", "q3_ms", "min_ms", "n", "ratio_to_baseline"} <= set(stats)
+            assert stats["n"] >= 1 and stats["median_ms"] > 0
+            assert stats["q1_ms"] <= stats["median_ms"] <= stats["q3_ms"]
+            if case["unit"] is not None:
+                assert stats["matmul_equivalents"] > 0
+    kinds = {c["case"].split("_")[0] for c in result["cases"]}
+    assert kinds == {"circle", "ortho", "train"}
+    ortho = [c for c in result["cases"] if c["case"].startswith("ortho")]
+    for case in ortho:
+        assert {"cola", "paper", "paper_released", "geoopt_euclidean_stiefel",
+                "geoopt_canonical_stiefel", "matmul"} <= set(case["methods"])  # fmt: skip
+    train = next(c for c in result["cases"] if c["case"].startswith("train"))
+    assert {"cola", "param_cayley", "param_default", "geoopt_euclidean_stiefel"} <= set(
+        train["methods"]
+    )
+    for t in result["targets"]:
+        assert {"name", "case", "ratio", "measured", "target", "met", "description"} <= set(t)
+        assert isinstance(t["met"], bool)
+
+
+def test_bench_optim_quick_schema(tmp_path):
+    assert bench_optim.main(["--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench_optim.json").read_text())
+    assert result["quick"] is True
+    _check_optim_schema(result)
+    assert (tmp_path / "bench_optim.png").stat().st_size > 0
+    # in quick mode the compiled variants are left out, so the compiled-circle target is absent
+    assert "circle_vs_sgd" not in {t["name"] for t in result["targets"]}
+    assert {"ortho_matmul_equivalents", "train_vs_cayley"} <= {t["name"] for t in result["targets"]}
+
+
+def test_bench_sampler_quick_schema(tmp_path):
+    assert bench_sampler.main(["--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench_sampler.json").read_text())
+    assert result["schema_version"] == bench_sampler.SCHEMA_VERSION
+    assert result["benchmark"] == "bench_sampler" and result["quick"] is True
+    sweeps = {r["sweep"] for r in result["rows"]}
+    assert sweeps == {"chains", "dimension"}
+    labels = {r["label"] for r in result["rows"]}
+    assert {"sphere_s2", "stiefel_10x3"} <= labels
+    for r in result["rows"]:
+        assert r["chain_steps_per_s"] > 0 and r["n_steps"] >= 1 and r["n_failures"] == 0
+        assert r["chain_steps_per_s"] == pytest.approx(r["n_chains"] * r["n_steps"] / r["seconds"])
+    assert (tmp_path / "bench_sampler.png").stat().st_size > 0
+
+
+def test_bench_subcommand(tmp_path):
+    ap = argparse.ArgumentParser(prog="manifold-langevin")
+    sub = ap.add_subparsers(dest="command", required=True)
+    add_bench_parser(sub)
+    args = ap.parse_args(
+        ["bench", "--quick", "--what", "optim", "--case", "circle_mlp", "--out", str(tmp_path)]
+    )
+    assert args.func is run_bench
+    # the installed entry point goes through the same parser
+    assert (
+        cli.main(
+            ["bench", "--quick", "--what", "optim", "--case", "circle_mlp", "--out", str(tmp_path)]
+        )
+        == 0
+    )
+    result = json.loads((tmp_path / "bench_optim.json").read_text())
+    assert [c["case"] for c in result["cases"]] == ["circle_mlp"]
+    assert not (tmp_path / "bench_sampler.json").exists()

@@ -1,0 +1,272 @@
+"""Sampler throughput: chain-steps per second against the number of chains and the dimension.
+
+Each configuration runs ``ml.Langevin(...).sample(x0, n_steps, observables=...)`` (BAOAB,
+``h = 0.05``, ``gamma = 1``, ``tau = 1``, one observable averaged on the device, no thinning) and
+reports ``n_chains * n_steps / wall time`` (median of ``repeats`` runs timed with
+``time.perf_counter``; on CUDA the run ends with the sampler's own final host read, which waits for
+the device). The number of steps is chosen so that one run does about ``work`` chain-steps times
+the event size (at least ``min_steps``, at most ``max_steps``).
+
+Sweeps (``SWEEPS``):
+
+* ``chains``: the number of chains from 10 to 10^5 on the sphere S^2 (von Mises-Fisher potential
+  ``-kappa mu.x``) and on the Stiefel manifold V(10, 3) (potential ``-tr(F^T X)``), the latter
+  with its exact geodesic (the sampler's default, a ``6 x 6`` and a ``3 x 3`` matrix exponential
+  per chain and step) and with RATTLE (``geodesic=False``: SHAKE plus projection);
+* ``dimension``: 1000 chains on S^{d-1} for ``d`` from 3 to 1000, and on V(n, 3) for ``n`` from
+  10 to 300.
+
+The potential's gradient comes from autograd, as for a user's potential. Run
+``python -m validation.bench_sampler [--quick] [--device D]``; writes ``bench_sampler.json`` and
+``bench_sampler.png`` to ``--out`` (default ``validation/results``, or ``validation/results/quick``
+with ``--quick``, a run of a few seconds whose numbers are not meaningful).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import manifold_langevin as ml
+
+__all__ = ["SWEEPS", "main", "measure", "run"]
+
+SCHEMA_VERSION = 1
+
+#: sweep name -> list of (manifold label, parameter values); see the module docstring
+SWEEPS = {
+    "full": {
+        "chains": {
+            "sphere_s2": [10, 100, 1_000, 10_000, 100_000],
+            "stiefel_10x3": [10, 100, 1_000, 10_000, 100_000],
+            "stiefel_10x3_rattle": [10, 100, 1_000, 10_000, 100_000],
+        },
+        "dimension": {
+            "sphere": [3, 10, 30, 100, 300, 1000],
+            "stiefel_nx3": [10, 30, 100, 300],
+        },
+    },
+    "quick": {
+        "chains": {"sphere_s2": [10, 100], "stiefel_10x3": [10, 100], "stiefel_10x3_rattle": [10]},
+        "dimension": {"sphere": [3, 10], "stiefel_nx3": [10]},
+    },
+}
+DIMENSION_CHAINS = {"full": 1000, "quick": 50}
+#: (chain-steps x event size per run, min steps, max steps, repeats)
+EFFORT = {"full": (2e7, 20, 400, 3), "quick": (2e4, 3, 10, 1)}
+
+
+def _sampler(kind: str, dim: int, dtype, device) -> tuple[ml.Langevin, Callable]:
+    """``(sampler, make_x0(n_chains))`` for a sphere S^{dim-1} or V(dim, 3)."""
+    gen = torch.Generator().manual_seed(0)
+    if kind == "sphere":
+        mu = torch.zeros(dim, dtype=dtype)
+        mu[0] = 1.0
+        mu = mu.to(device)
+        kappa = 2.0
+        sampler = ml.Langevin(
+            ml.Sphere(),
+            potential=lambda x: -kappa * (x * mu).sum(-1),
+            step_size=0.05,
+            friction=1.0,
+            temperature=1.0,
+        )
+
+        def x0(n):
+            z = torch.randn(n, dim, generator=gen, dtype=dtype)
+            return torch.nn.functional.normalize(z, dim=-1).to(device)
+
+        return sampler, x0
+    geodesic = None if kind == "stiefel" else False
+    f = torch.randn(dim, 3, generator=gen, dtype=dtype).to(device)
+    m = ml.Stiefel()
+    sampler = ml.Langevin(
+        m,
+        potential=lambda x: -(x * f).sum((-2, -1)),
+        step_size=0.05,
+        friction=1.0,
+        temperature=1.0,
+        geodesic=geodesic,
+    )
+
+    def x0_st(n):
+        return m.random(n, dim, 3, dtype=dtype, generator=gen).to(device)
+
+    return sampler, x0_st
+
+
+def measure(
+    kind: str,
+    dim: int,
+    n_chains: int,
+    *,
+    mode: str = "full",
+    dtype=torch.float32,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict:
+    """Throughput of one configuration (see the module docstring)."""
+    dev = torch.device(device)
+    work, lo, hi, repeats = EFFORT[mode]
+    event = dim if kind == "sphere" else dim * 3
+    n_steps = int(min(hi, max(lo, work / (n_chains * event))))
+    sampler, make_x0 = _sampler(kind, dim, dtype, dev)
+    x0 = make_x0(n_chains)
+    obs = {"x0": lambda x: x[..., 0] if kind == "sphere" else x[..., 0, 0]}
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    sampler.sample(x0, 2, observables=obs, generator=gen)  # warm-up (allocations, autograd)
+    times, failures = [], 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = sampler.sample(x0, n_steps, observables=obs, generator=gen)
+        times.append(time.perf_counter() - t0)
+        failures += out.n_failures
+    t = statistics.median(times)
+    return {
+        "manifold": kind,
+        "dim": dim,
+        "event_shape": [dim] if kind == "sphere" else [dim, 3],
+        "n_chains": n_chains,
+        "n_steps": n_steps,
+        "seconds": t,
+        "chain_steps_per_s": n_chains * n_steps / t,
+        "us_per_step": 1e6 * t / n_steps,
+        "n_failures": failures,
+    }
+
+
+def _kind(label: str) -> tuple[str, int | None]:
+    return {
+        "sphere_s2": ("sphere", 3),
+        "stiefel_10x3": ("stiefel", 10),
+        "stiefel_10x3_rattle": ("stiefel_rattle", 10),
+        "sphere": ("sphere", None),
+        "stiefel_nx3": ("stiefel", None),
+    }[label]
+
+
+def run(
+    *,
+    quick: bool = False,
+    device: str = "cpu",
+    dtype=torch.float32,
+    log: Callable[[str], None] | None = print,
+) -> dict:
+    """Both sweeps; returns the JSON-ready record."""
+    mode = "quick" if quick else "full"
+    rows = []
+    for label, values in SWEEPS[mode]["chains"].items():
+        kind, dim = _kind(label)
+        for n in values:
+            r = measure(kind, dim, n, mode=mode, dtype=dtype, device=device)
+            r.update(sweep="chains", label=label)
+            rows.append(r)
+            if log:
+                log(_fmt(r))
+    for label, values in SWEEPS[mode]["dimension"].items():
+        kind, _ = _kind(label)
+        for d in values:
+            r = measure(kind, d, DIMENSION_CHAINS[mode], mode=mode, dtype=dtype, device=device)
+            r.update(sweep="dimension", label=label)
+            rows.append(r)
+            if log:
+                log(_fmt(r))
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+    if hasattr(os, "getloadavg"):
+        env["load_average"] = list(os.getloadavg())
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "benchmark": "bench_sampler",
+        "quick": quick,
+        "dtype": str(dtype).replace("torch.", ""),
+        "settings": {
+            "scheme": "BAOAB",
+            "step_size": 0.05,
+            "friction": 1.0,
+            "temperature": 1.0,
+        },
+        "environment": env,
+        "rows": rows,
+    }
+
+
+def _fmt(r: dict) -> str:
+    shape = "x".join(map(str, r["event_shape"]))
+    return (
+        f"{r['sweep']:9s} {r['label']:20s} event {shape:7s} chains {r['n_chains']:7d} "
+        f"steps {r['n_steps']:4d}: {r['chain_steps_per_s']:12.4g} chain-steps/s "
+        f"({r['us_per_step']:9.1f} us/step, {r['n_failures']} failures)"
+    )
+
+
+def plot(result: dict, path: Path) -> None:
+    """Two log-log panels: throughput against chains, and against the dimension."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, sweep, key, xlabel in (
+        (axes[0], "chains", "n_chains", "number of chains"),
+        (axes[1], "dimension", "dim", "ambient dimension d (S^{d-1}) or n (V(n, 3))"),
+    ):
+        labels = sorted({r["label"] for r in result["rows"] if r["sweep"] == sweep})
+        for label in labels:
+            rows = [r for r in result["rows"] if r["sweep"] == sweep and r["label"] == label]
+            ax.plot(
+                [r[key] for r in rows], [r["chain_steps_per_s"] for r in rows], "o-", label=label
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("chain-steps per second")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    env = result["environment"]
+    fig.suptitle(
+        f"Langevin.sample throughput (BAOAB, {result['dtype']}, {env['device']}, "
+        f"{env['threads']} threads)",
+        fontsize=9,
+    )
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sweeps, a few seconds")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out_dir = args.out or Path(__file__).parent / "results" / ("quick" if args.quick else "")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = run(quick=args.quick, device=args.device, dtype=getattr(torch, args.dtype))
+    (out_dir / "bench_sampler.json").write_text(json.dumps(result, indent=2))
+    plot(result, out_dir / "bench_sampler.png")
+    print(f"wrote {out_dir / 'bench_sampler.json'} and {out_dir / 'bench_sampler.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
