@@ -47,8 +47,8 @@ __all__ = [
 
 
 def __getattr__(name):
-    # the optimizer, data and training layers import lazily so that samplers load without them
-    if name in ("optim", "data", "training"):
+    # optim, data, training and checkpoint import lazily so that samplers load without them
+    if name in ("optim", "data", "training", "checkpoint"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import validation_module
+from .cli import device, non_negative_int, positive_int, validation_module
 
 __all__ = ["add_bench_parser", "run_bench"]
 
@@ -40,10 +40,14 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument(
         "--case", action="append", help="optimizer case (repeatable; default: all cases)"
     )
-    b.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    b.add_argument("--device", type=device, default="cpu", help="torch device (default: cpu)")
     b.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    b.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
-    b.add_argument("--reps", type=int, default=None, help="repetitions per optimizer method")
+    b.add_argument(
+        "--threads", type=non_negative_int, default=0, help="torch CPU threads (0: leave as is)"
+    )
+    b.add_argument(
+        "--reps", type=positive_int, default=None, help="repetitions per optimizer method"
+    )
     b.add_argument(
         "--out", type=Path, default=None, help="output folder (default: validation/results)"
     )

@@ -20,7 +20,59 @@ import importlib
 import sys
 from pathlib import Path
 
-__all__ = ["main"]
+from .errors import CheckpointError
+
+__all__ = [
+    "device",
+    "main",
+    "non_negative_float",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+]
+
+
+def _number(kind: type, text: str, what: str, ok) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """``argparse`` type: an integer ``>= 1``."""
+    return _number(int, text, "a positive integer", lambda v: v >= 1)
+
+
+def non_negative_int(text: str) -> int:
+    """``argparse`` type: an integer ``>= 0``."""
+    return _number(int, text, "a non-negative integer", lambda v: v >= 0)
+
+
+def positive_float(text: str) -> float:
+    """``argparse`` type: a finite number ``> 0`` (a step size, a learning rate)."""
+    return _number(float, text, "a positive number", lambda v: 0 < v < float("inf"))
+
+
+def non_negative_float(text: str) -> float:
+    """``argparse`` type: a number ``>= 0`` (``inf`` allowed, NaN not)."""
+    return _number(float, text, "a non-negative number", lambda v: v >= 0)
+
+
+def device(text: str) -> str:
+    """``argparse`` type: a string ``torch.device`` accepts (``cpu``, ``cuda``, ``cuda:1``...)."""
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"expected a torch device such as cpu, cuda or cuda:0, got {text!r}"
+        ) from None
+    return text
 
 
 def validation_module(module: str, command: str = "validate"):
@@ -75,7 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--quick", action="store_true", help="small run: under 2 minutes on 2 cores")
     v.add_argument("--problem", action="append", help="problem name (repeatable; default: all)")
     v.add_argument("--scheme", action="append", help="scheme name (repeatable; default: all)")
-    v.add_argument("--device", default="cpu", help="torch device of the chains (default: cpu)")
+    v.add_argument(
+        "--device", type=device, default="cpu", help="torch device of the chains (default: cpu)"
+    )
     v.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--order", action="store_true", help="also run the weak-order step-size sweep")
@@ -94,7 +148,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``manifold-langevin`` script; returns the exit status."""
     args = _parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (CheckpointError, FileNotFoundError, ImportError, ValueError) as exc:
+        # user errors (a missing dataset or package, a bad combination of options): the message,
+        # without a traceback
+        raise SystemExit(f"manifold-langevin {args.command}: error: {exc}") from None
 
 
 if __name__ == "__main__":

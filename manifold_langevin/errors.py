@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["NonFiniteError", "OffManifoldError", "ShakeError"]
+__all__ = ["CheckpointError", "NonFiniteError", "OffManifoldError", "ShakeError"]
 
 
 class OffManifoldError(ValueError):
@@ -49,3 +49,12 @@ class ShakeError(RuntimeError):
         self.step = step
         self.n_failures = n_failures
         self.state = state
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read, or does not fit the run that tries to resume from it.
+
+    Raised by :func:`~manifold_langevin.checkpoint.load_checkpoint` (truncated or corrupt file)
+    and by ``manifold-langevin train --resume`` (a checkpoint of another configuration; the
+    message names every setting that differs).
+    """

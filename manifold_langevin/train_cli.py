@@ -14,6 +14,20 @@ an MLP 784-1000-10 trained on the first 10,000 training images with c-CoLA-ud (`
 ``gamma = 1``, ``r0 = 0.05``, ``r1 = 0.1``, ``tau = 0``, batch 128, 400 epochs), evaluated on
 the official test set (``test``), on the other 50,000 training images (``rest``) and on both
 together (``heldout``, the paper's 60,000-image evaluation set).
+
+Checkpoints: ``--checkpoint PATH`` writes the whole training state (model, optimizer with CoLA's
+noise generators, the shuffle generator and torch's global generator, the epoch counter, the
+history so far) every ``--checkpoint-every N`` epochs (default 1) and after the last epoch, each
+time atomically (:func:`~manifold_langevin.checkpoint.save_atomic`: a killed run leaves the
+previous checkpoint intact). ``--resume`` continues from it: on the same device, dtype and thread
+count the final parameters and history equal those of an uninterrupted run bit for bit (only the
+timings differ). Without ``--checkpoint``, ``--resume`` and ``--checkpoint-every`` use
+``OUT/checkpoint.pt``. ``--resume`` when the checkpoint does not exist yet starts from scratch
+(with a message), so a preemptible job can be relaunched with the same command line; an existing
+checkpoint without ``--resume`` is an error (it is never overwritten by a fresh run). A
+checkpoint of another configuration (dataset, constraint, optimizer, hyperparameters, model
+shape, sizes, seed or dtype) is refused with a :class:`~manifold_langevin.errors.CheckpointError`
+naming each difference; ``--epochs`` may differ, so a finished run can be extended.
 """
 
 from __future__ import annotations
@@ -27,6 +41,9 @@ from pathlib import Path
 import torch
 
 from . import data
+from .checkpoint import load_checkpoint, save_atomic
+from .cli import device, non_negative_float, non_negative_int, positive_float
+from .errors import CheckpointError
 from .training import OPTIMIZERS, cnn, make_optimizer, mlp, save_history, train
 
 __all__ = ["DATASET_DEFAULTS", "add_train_parser", "optimizer_name", "run_train"]
@@ -93,6 +110,16 @@ def _ints(text: str) -> tuple[int, ...]:
     return out
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
 def _radius(text: str) -> float | tuple[float, float]:
     try:
         parts = [float(t) for t in text.split(",")]
@@ -127,27 +154,45 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
     p.add_argument("--hidden", type=_ints, help="hidden widths, e.g. 1000 or 64,64")
     p.add_argument("--activation", default="relu")
-    p.add_argument("--epochs", type=int, help="passes over the training set")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="learning rate (CoLA: the step h)")
-    p.add_argument("--friction", type=float, help="CoLA friction gamma (underdamped)")
-    p.add_argument("--temperature", type=float, default=0.0, help="CoLA temperature tau")
-    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="SGD/Adam weight decay")
+    p.add_argument("--epochs", type=_positive, help="passes over the training set")
+    p.add_argument("--batch-size", type=_positive)
+    p.add_argument("--lr", type=positive_float, help="learning rate (CoLA: the step h)")
+    p.add_argument("--friction", type=non_negative_float, help="CoLA friction gamma (underdamped)")
+    p.add_argument(
+        "--temperature", type=non_negative_float, default=0.0, help="CoLA temperature tau"
+    )
+    p.add_argument("--momentum", type=non_negative_float, help="SGD momentum (default 0.9)")
+    p.add_argument(
+        "--weight-decay", type=non_negative_float, default=0.0, help="SGD/Adam weight decay"
+    )
     p.add_argument("--radius", type=_radius, help="circle radii: r or r0,r1 (default 0.05,0.1)")
-    p.add_argument("--train-size", type=int, help="training examples used (first N)")
+    p.add_argument("--train-size", type=_positive, help="training examples used (first N)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--data-root", type=Path, help="folder of the Fashion-MNIST IDX files")
     p.add_argument(
-        "--threads", type=int,
+        "--threads", type=non_negative_int,
         help="torch CPU threads (0: torch's default; default 1 with --quick, whose small models "
         "lose more to the thread pool's barriers than they gain, else torch's default)",
     )  # fmt: skip
     p.add_argument("--out", type=Path, help="output folder (default runs/DATASET-CONSTRAINT-SEED)")
     p.add_argument("--quick", action="store_true", help="smoke run: seconds on 2 CPU cores")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--checkpoint", type=Path,
+        help="checkpoint file, written atomically (default OUT/checkpoint.pt when --resume or "
+        "--checkpoint-every is given; no checkpoints otherwise)",
+    )  # fmt: skip
+    p.add_argument(
+        "--checkpoint-every", type=_positive, metavar="N",
+        help="epochs between checkpoints (default 1; the last epoch is always saved)",
+    )  # fmt: skip
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue from the checkpoint (bit-identical to an uninterrupted run); starts from "
+        "scratch, with a message, when it does not exist yet",
+    )  # fmt: skip
     p.set_defaults(func=run_train)
     return p
 
@@ -194,6 +239,82 @@ def _add_heldout(history: list[dict], n_test: int, n_rest: int) -> None:
             r[f"heldout_{m}"] = (n_test * r[f"test_{m}"] + n_rest * r[f"rest_{m}"]) / n
 
 
+#: what a ``train`` checkpoint holds: ``kind`` and ``format`` identify it
+_CHECKPOINT_KIND = "manifold-langevin train"
+_CHECKPOINT_FORMAT = 1
+#: the hyperparameters of a param group that a resumed run must share with its checkpoint
+#: (loading an optimizer's state dict would silently replace them)
+_GROUP_KEYS = ("lr", "friction", "temperature", "momentum", "weight_decay", "scheme", "radius")
+
+
+def _checkpoint_path(args, out: Path) -> Path | None:
+    if args.checkpoint is not None:
+        return args.checkpoint
+    if args.resume or args.checkpoint_every is not None:
+        return out / "checkpoint.pt"
+    return None
+
+
+def _run_config(args, name, model, optimizer, train_set, evals, hidden, batch_size) -> dict:
+    """Everything a checkpoint must share with the run that resumes from it, flat and named."""
+    config = {
+        "dataset": args.dataset,
+        "constraint": args.constraint,
+        "optimizer": name,
+        "model": args.model,
+        "hidden": tuple(hidden),
+        "activation": args.activation,
+        "train_size": len(train_set),
+        "batch_size": batch_size,
+        "seed": args.seed,
+        "dtype": args.dtype,
+    }
+    config.update({f"{k} size": len(s) for k, s in evals.items()})
+    for i, g in enumerate(optimizer.param_groups):
+        config.update({f"group {i} {k}": g[k] for k in _GROUP_KEYS if k in g})
+    config.update({f"shape of {k}": tuple(v.shape) for k, v in model.state_dict().items()})
+    return config
+
+
+def _check_config(path: Path, saved: dict, config: dict) -> None:
+    def show(d: dict, k: str) -> str:
+        return repr(d[k]) if k in d else "absent"
+
+    diffs = [
+        f"{k}: {show(config, k)} here, {show(saved, k)} in the checkpoint"
+        for k in [*config, *(k for k in saved if k not in config)]
+        if k not in config or k not in saved or config[k] != saved[k]
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"checkpoint {path} was written by a different configuration; resume with the "
+            "settings it was written with (or start a new run elsewhere):\n  " + "\n  ".join(diffs)
+        )
+
+
+def _resume(path: Path, config, model, optimizer, generator, epochs: int) -> dict:
+    """Restore the training state from ``path`` (checked against ``config``); returns it."""
+    ckpt = load_checkpoint(path, map_location="cpu")
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != _CHECKPOINT_KIND:
+        raise CheckpointError(f"{path} is not a checkpoint of `manifold-langevin train`")
+    if ckpt.get("format") != _CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} has checkpoint format {ckpt.get('format')!r}; this version reads format "
+            f"{_CHECKPOINT_FORMAT}"
+        )
+    _check_config(path, ckpt["config"], config)
+    if ckpt["epoch"] > epochs:
+        raise CheckpointError(
+            f"{path} holds {ckpt['epoch']} epochs, more than --epochs {epochs}; pass --epochs "
+            f"{ckpt['epoch']} or more"
+        )
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    generator.set_state(ckpt["shuffle_generator"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    return ckpt
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run the ``train`` subcommand; returns 0, or 1 when the training loss became non-finite."""
     cfg = dict(DATASET_DEFAULTS[args.dataset])
@@ -218,13 +339,58 @@ def run_train(args: argparse.Namespace) -> int:
     epochs = cfg["epochs"] if args.epochs is None else args.epochs
     batch_size = cfg["batch_size"] if args.batch_size is None else args.batch_size
     out = args.out or Path("runs") / f"{args.dataset}-{args.constraint}-{args.seed}"
+    generator = torch.Generator().manual_seed(args.seed)
+
+    ckpt_path = _checkpoint_path(args, out)
+    every = args.checkpoint_every or 1
+    config = _run_config(
+        args, name, model, optimizer, train_set, evals, args.hidden or cfg["hidden"], batch_size
+    )
+    history: list[dict] = []
+    done, last, seconds_before = 0, epochs, 0.0
+    if ckpt_path is not None and ckpt_path.exists():
+        if not args.resume:
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} exists: pass --resume to continue from it, or remove it "
+                "(or choose another --checkpoint / --out) to start again"
+            )
+        ckpt = _resume(ckpt_path, config, model, optimizer, generator, epochs)
+        history, done, seconds_before = ckpt["history"], ckpt["epoch"], ckpt["seconds"]
+        print(f"resuming from {ckpt_path} after epoch {done}")
+        if history and not math.isfinite(history[-1]["train_loss"]):
+            # as the uninterrupted run, which stopped there
+            print("the checkpoint's last epoch had a non-finite loss: not training further")
+            last = done
+    elif args.resume:
+        print(f"no checkpoint at {ckpt_path} yet: starting from scratch")
 
     start = time.perf_counter()
-    history = train(
+
+    def record(rec: dict) -> None:
+        history.append(rec)
+        epoch = rec["epoch"]
+        if ckpt_path is None:
+            return
+        if epoch % every == 0 or epoch == last or not math.isfinite(rec["train_loss"]):
+            state = {
+                "kind": _CHECKPOINT_KIND,
+                "format": _CHECKPOINT_FORMAT,
+                "config": config,
+                "epoch": epoch,
+                "history": history,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "shuffle_generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "seconds": seconds_before + time.perf_counter() - start,
+            }
+            save_atomic(state, ckpt_path)
+
+    train(
         model, optimizer, train_set.to(device, dtype),
         {k: s.to(device, dtype) for k, s in evals.items()},
-        epochs=epochs, batch_size=batch_size,
-        generator=torch.Generator().manual_seed(args.seed), progress=not args.no_progress,
+        epochs=last, batch_size=batch_size, generator=generator,
+        progress=not args.no_progress, callback=record, start_epoch=done,
     )  # fmt: skip
     if "rest" in evals:
         _add_heldout(history, len(evals["test"]), len(evals["rest"]))
@@ -250,7 +416,9 @@ def run_train(args: argparse.Namespace) -> int:
         "dtype": args.dtype,
         "quick": bool(args.quick),
         "threads": torch.get_num_threads(),
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds_before + time.perf_counter() - start,
+        "resumed_from_epoch": done if done else None,
+        "checkpoint": None if ckpt_path is None else str(ckpt_path),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

@@ -229,7 +229,8 @@ def make_optimizer(
     if key not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
     spec = dict(OPTIMIZERS[key])
-    lr = spec.pop("lr") if lr is None else float(lr)
+    default_lr = spec.pop("lr")
+    lr = default_lr if lr is None else float(lr)
     if key in ("sgd", "adam"):
         if temperature:
             raise ValueError(f"{name} has no temperature; use a CoLA optimizer for SGLD")
@@ -338,6 +339,7 @@ def train(
     scheduler=None,
     eval_batch_size: int = 4096,
     callback: Callable[[dict], None] | None = None,
+    start_epoch: int = 0,
 ) -> list[dict]:
     """Train a classifier for ``epochs`` passes over ``train_split``; returns per-epoch records.
 
@@ -361,20 +363,26 @@ def train(
         progress: show a tqdm bar over the batches (metrics updated once per epoch).
         scheduler: optional learning-rate scheduler, stepped after every epoch.
         eval_batch_size: examples per forward pass in evaluation.
-        callback: called with each epoch's record.
+        callback: called with each epoch's record (after the scheduler's step): the place to
+            write a checkpoint (see :mod:`manifold_langevin.checkpoint`).
+        start_epoch: epochs already done (when resuming from a checkpoint): runs epochs
+            ``start_epoch + 1 .. epochs``. Restore the model, the optimizer, the scheduler and
+            ``generator`` first; the result then equals the uninterrupted run's last records.
 
     Returns:
-        one dict per epoch: ``epoch`` (1-based), ``train_loss``, ``train_acc``, ``<name>_loss``
-        and ``<name>_acc`` for every evaluation split, ``lr`` (of the first param group),
-        ``seconds`` (training time of the epoch), ``eval_seconds``, and, when the optimizer has
-        ``residuals()`` / ``n_rejected()`` (CoLA), ``max_residual`` (largest constraint residual
-        over the constrained parameters, ``None`` if there are none) and ``n_rejected``
-        (cumulative).
+        one dict per epoch run: ``epoch`` (1-based, from ``start_epoch + 1``), ``train_loss``,
+        ``train_acc``, ``<name>_loss`` and ``<name>_acc`` for every evaluation split, ``lr`` (of
+        the first param group), ``seconds`` (training time of the epoch), ``eval_seconds``, and,
+        when the optimizer has ``residuals()`` / ``n_rejected()`` (CoLA), ``max_residual``
+        (largest constraint residual over the constrained parameters, ``None`` if there are
+        none) and ``n_rejected`` (cumulative).
     """
     from tqdm.auto import tqdm
 
     if epochs < 0:
         raise ValueError(f"epochs must be non-negative, got {epochs}")
+    if not 0 <= start_epoch <= epochs:
+        raise ValueError(f"start_epoch must be in [0, epochs={epochs}], got {start_epoch}")
     device = _model_device(model) if device is None else torch.device(device)
     model.to(device)
     train_split = train_split.to(device)
@@ -384,9 +392,10 @@ def train(
             raise ValueError("'train' is reserved for the running training metrics")
     n_batches = math.ceil(len(train_split) / batch_size)
     history: list[dict] = []
-    bar = tqdm(total=epochs * n_batches, disable=not progress, unit="batch", leave=False)
+    total = (epochs - start_epoch) * n_batches
+    bar = tqdm(total=total, disable=not progress, unit="batch", leave=False)
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(start_epoch + 1, epochs + 1):
             record = _train_epoch(
                 model, optimizer, train_split, evals, batch_size, loss_fn, generator, bar,
                 eval_batch_size,

@@ -174,6 +174,29 @@ def test_the_default_mode_reads_one_flag_per_step(monkeypatch):
     assert len(guard.calls) == 3, [c[0] for c in guard.calls]
 
 
+def test_subdivide_mode_reads_one_flag_per_step(monkeypatch):
+    guard = SyncGuard(monkeypatch, strict=False)
+    groups = _param_sets()["orthogonal"] + _param_sets()["sphere_and_objects"]
+    opt = CoLA(
+        groups,
+        lr=0.05,
+        friction=1.0,
+        temperature=1e-3,
+        on_nonfinite="mask",
+        on_failure="subdivide",
+        seed=0,
+    )
+    _grads(opt, 0)
+    opt.step()
+    for k in range(1, 4):
+        _grads(opt, k)
+        with guard:
+            opt.step()
+    # one read per step (did any solve fail?); retries, which read more, happen only on failure
+    assert len(guard.calls) == 3, [c[0] for c in guard.calls]
+    assert opt.n_rejected() == 0
+
+
 # ---------------------------------------------------------------------------- sampler
 def _sampler_cases():
     torch.manual_seed(0)

@@ -61,6 +61,7 @@ from pathlib import Path
 
 import geoopt
 import torch
+from tqdm.auto import tqdm
 
 import manifold_langevin as ml
 from manifold_langevin.optim import CoLA, constrained_groups, orthogonal_init_
@@ -110,6 +111,7 @@ def time_methods(
     warmup: int,
     device: torch.device,
     budget_s: float | None = None,
+    label: str | None = None,
 ) -> dict[str, list[float]]:
     """Time one call of each method per repetition, rotating the order; seconds per call.
 
@@ -119,6 +121,7 @@ def time_methods(
         warmup: untimed calls of each method first.
         device: where the work runs (selects the timer).
         budget_s: stop early (after at least 5 repetitions) once this much time has passed.
+        label: show a progress bar over the repetitions (on stderr) with this description.
     """
     timer = _timer(device)
     names = list(methods)
@@ -128,12 +131,15 @@ def time_methods(
     _synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in names}
     start = time.perf_counter()
+    bar = tqdm(total=reps, desc=label, unit="rep", leave=False, disable=label is None)
     for r in range(reps):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             times[name].append(timer(methods[name]))
+        bar.update()
         if budget_s is not None and r >= 4 and time.perf_counter() - start > budget_s:
             break
+    bar.close()
     return times
 
 
@@ -546,8 +552,9 @@ def run(
         case = (small if quick else full)(dev, dtype)
         t0 = time.perf_counter()
         times = time_methods(
-            case.methods, reps, WARMUP[mode], dev, budget_s=None if quick else BUDGET_S
-        )
+            case.methods, reps, WARMUP[mode], dev, budget_s=None if quick else BUDGET_S,
+            label=None if quick or log is None else name,
+        )  # fmt: skip
         stats = {m: _summary(ts) for m, ts in times.items()}
         base = stats[case.baseline]["median_ms"]
         for st in stats.values():

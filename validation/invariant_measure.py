@@ -430,7 +430,7 @@ def run(
         threads: torch intra-op threads for the duration of the run on CPU (``None``: leave as is).
             The chains are small batched tensors, for which threading only adds overhead: on a
             loaded 2-core machine one thread was 8x faster than two.
-        verbose: print a line per run.
+        verbose: print a line per run, numbered ``[k/total]``.
     """
     plan = _plan(problems, schemes, quick)
     old_threads = torch.get_num_threads()
@@ -438,11 +438,11 @@ def run(
         torch.set_num_threads(threads)
     try:
         records = []
-        for name, scheme, setting in plan:
+        for k, (name, scheme, setting) in enumerate(plan, 1):
             rec = run_one(PROBLEMS[name], scheme, setting, device=device, dtype=dtype, seed=seed)
             records.append(rec)
-            if verbose:
-                print(_line(rec), flush=True)
+            if verbose:  # the counter is the progress indicator of long runs
+                print(f"[{k:>{len(str(len(plan)))}}/{len(plan)}] {_line(rec)}", flush=True)
     finally:
         torch.set_num_threads(old_threads)
     return records

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 
+from .._checks import check_positive
 from ..errors import NonFiniteError, OffManifoldError
 from ..manifolds.adapters import as_manifold
 
@@ -32,18 +32,6 @@ class State:
 
     def replace(self, **changes) -> State:
         return replace(self, **changes)
-
-
-def check_positive(name: str, value: float, *, allow_zero: bool = False, allow_inf: bool = False):
-    """Raise ``ValueError`` unless ``value`` is a positive (or zero) real number."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
-    if math.isnan(v) or v < 0 or (v == 0 and not allow_zero) or (math.isinf(v) and not allow_inf):
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name} must be {kind} and finite, got {value}")
-    return v
 
 
 class Dynamics:
@@ -95,6 +83,10 @@ class Dynamics:
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             u = self.potential(xg)
+            if not isinstance(u, torch.Tensor):
+                raise TypeError(
+                    f"potential must return a tensor (one energy per chain), got {type(u).__name__}"
+                )
             if not u.requires_grad:
                 return torch.zeros_like(x)
             (grad,) = torch.autograd.grad(u.sum(), xg, allow_unused=True)
@@ -126,6 +118,8 @@ class Dynamics:
             x0 = torch.as_tensor(x0)
         if not x0.is_floating_point():
             raise TypeError(f"x0 must be a floating-point tensor, got {x0.dtype}")
+        if x0.device.type == "meta":
+            raise ValueError("x0 is on the meta device (shapes without values); give real points")
         nd = self.manifold.ndim
         if x0.dim() < nd:
             raise ValueError(
@@ -137,15 +131,26 @@ class Dynamics:
             ok, reason = check(x0.shape, "x0")
             if not ok:
                 raise ValueError(reason)
+        if x0.numel() == 0:
+            raise ValueError(f"x0 has shape {tuple(x0.shape)}: no chains (or empty points)")
         if project:
             x0 = self.manifold.projx(x0)
         res = self.manifold.residual_norm(x0)
         limit = 10 * self.manifold.tolerance(x0)
         worst = float(res.max()) if res.numel() else 0.0
         if not worst <= limit:
+            if project:
+                why = (
+                    "after projection (a point with no nearest point on the manifold, such as "
+                    "the centre of a sphere, or NaN/Inf in x0)"
+                )
+            elif not torch.isfinite(x0).all():
+                why = "(x0 contains NaN/Inf); fix x0"
+            else:
+                why = "(10x the SHAKE tolerance); fix x0 or pass project=True"
             raise OffManifoldError(
                 f"start point is off the manifold: constraint residual {worst:.3g} exceeds "
-                f"{limit:.3g} (10x the SHAKE tolerance); fix x0 or pass project=True",
+                f"{limit:.3g} {why}",
                 residual=worst,
                 tolerance=limit,
             )
@@ -153,6 +158,8 @@ class Dynamics:
 
     def _initial_force(self, x0: torch.Tensor) -> torch.Tensor:
         f0 = self.force(x0)
+        if not isinstance(f0, torch.Tensor):
+            raise TypeError(f"the force must return a tensor like x, got {type(f0).__name__}")
         if f0.shape != x0.shape:
             raise ValueError(
                 f"the force must be shaped like x ({tuple(x0.shape)}), got {tuple(f0.shape)}"
@@ -170,6 +177,13 @@ class Dynamics:
 
     @staticmethod
     def _check_generator(generator, x0):
+        if generator is not None and not isinstance(generator, torch.Generator):
+            if callable(generator):
+                return  # a noise source (manifold_langevin.noise)
+            raise TypeError(
+                "generator must be a torch.Generator, a noise source (like -> normals) or None; "
+                f"got {type(generator).__name__}"
+            )
         if generator is not None and generator.device.type != x0.device.type:
             raise ValueError(
                 f"the generator lives on {generator.device} but x0 on {x0.device}; create it "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_int
+from ..errors import NonFiniteError
 from .dynamics import Dynamics, State, check_positive
 from .schemes import SCHEMES, parse_scheme
 from .substeps import drift, kick, ornstein_uhlenbeck, ou_coefficients
@@ -37,14 +39,21 @@ class Langevin(Dynamics):
 
     where :math:`\Phi^A` is the exact geodesic flow when the manifold has one (sphere, circles,
     Stiefel) and otherwise ``substeps`` RATTLE steps (g-BAOAB). One force evaluation per step.
-    BAOAB, ABOBA and OBABO have weak order 2 for configurational averages (Leimkuhler & Matthews,
-    Proc. R. Soc. A 472, 2016; Leimkuhler, Vlaar, Pouchon & Storkey, ICML 2021).
+    BAOAB, ABOBA and OBABO have weak order 2 for configurational averages (the attribute
+    ``order``; measured by ``python -m validation.weak_order``). References: T. Lelièvre,
+    M. Rousset, G. Stoltz, Math. Comp. 81 (2012) (constrained Langevin dynamics and their
+    invariant measure); B. Leimkuhler, C. Matthews, Proc. R. Soc. A 472, 20160138 (2016)
+    (constrained BAOAB and g-BAOAB); B. Leimkuhler, T. Vlaar, T. Pouchon, A. Storkey, ICML 2021
+    (their use for training neural networks).
 
     Failures: a chain whose SHAKE solve fails in a step (the tangential move is too large for the
     curvature) is left where it was and its momentum is redrawn from the tangent Gaussian at
     temperature ``tau`` (zero at ``tau = 0``); the step is counted as a failure. This is a valid
     Gibbs move on ``p`` but its trigger depends on the state, so it biases averages by an amount of
-    the order of the failure rate, which :meth:`sample` reports.
+    the order of the failure rate, which :meth:`sample` reports. A closed-form flow fails only
+    when rounding takes its result off the manifold (a step far too large, e.g. ``|h p|`` of
+    tens in float32 on Stiefel); the chain is then left where it was with its momentum (no draw,
+    so the noise stream is unchanged) and the step is counted as a failure.
 
     Args:
         manifold: the constraint set (ours or a plain geoopt Sphere/Stiefel/Euclidean).
@@ -86,9 +95,9 @@ class Langevin(Dynamics):
             manifold, potential, force=force, step_size=step_size, temperature=temperature
         )
         self.friction = check_positive("friction", friction, allow_zero=True, allow_inf=True)
-        if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:
-            raise ValueError(f"substeps must be a positive integer, got {substeps!r}")
-        self.substeps = substeps
+        self.substeps = check_int("substeps", substeps)
+        if geodesic not in (None, True, False):
+            raise ValueError(f"geodesic must be None, True or False, got {geodesic!r}")
         self.scheme = scheme.upper() if isinstance(scheme, str) else scheme
         plan = parse_scheme(scheme)
         self.order = SCHEMES.get(self.scheme, 1)
@@ -121,11 +130,15 @@ class Langevin(Dynamics):
         if p0 is None:
             p0 = self.maxwell(x0, generator)
         else:
+            if torch.is_tensor(p0) and p0.is_complex():
+                raise TypeError(f"p0 must be real, got {p0.dtype}")
             p0 = torch.as_tensor(p0, dtype=x0.dtype, device=x0.device)
             if p0.shape != x0.shape:
                 raise ValueError(
                     f"p0 must be shaped like x0 {tuple(x0.shape)}, got {tuple(p0.shape)}"
                 )
+            if not bool(torch.isfinite(p0).all()):
+                raise NonFiniteError("p0 contains NaN/Inf", step=None)
             p0 = self.manifold.proju(x0, p0)
         return State(x0, p0, f0)
 

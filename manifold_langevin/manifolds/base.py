@@ -26,6 +26,7 @@ import math
 import geoopt
 import torch
 
+from .._checks import check_int, check_positive
 from ..noise import standard_normal
 
 __all__ = ["ConstrainedManifold", "default_tolerance", "event_sum"]
@@ -80,12 +81,9 @@ class ConstrainedManifold(geoopt.Manifold):
 
     def __init__(self, *, tol: float | None = None, max_iter: int = 12, newton: bool = True):
         super().__init__()
-        if tol is not None and not tol > 0:
-            raise ValueError(f"tol must be positive, got {tol}")
-        if max_iter < 1:
-            raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-        self.tol = tol
-        self.max_iter = int(max_iter)
+        # an infinite tolerance would accept any SHAKE result, however far off the manifold
+        self.tol = None if tol is None else check_positive("tol", tol)
+        self.max_iter = check_int("max_iter", max_iter)
         self.newton = bool(newton)
 
     # ------------------------------------------------------------------ constraint view

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_positive
 from .sphere import Sphere
 
 __all__ = ["Circles", "circle_kick_rotate", "circle_project", "circle_rotate"]
@@ -121,7 +122,36 @@ class Circles(Sphere):
 
     name = "Circles"
 
+    def _pairs(self, x: torch.Tensor) -> None:
+        # a Sphere's formulas run on any last dimension: without this a (..., 3) tensor would be
+        # silently treated as 2-spheres (or cut to its first two columns)
+        if x.dim() < 1 or x.shape[-1] != 2:
+            raise ValueError(
+                f"Circles points have a last dimension of size 2 (w, xi), got {tuple(x.shape)}"
+            )
+
+    def residual_norm(self, x):
+        self._pairs(x)
+        return super().residual_norm(x)
+
+    def shake(self, x, x_tilde, *, max_iter=None):
+        self._pairs(x)
+        return super().shake(x, x_tilde, max_iter=max_iter)
+
+    def projx(self, x):
+        self._pairs(x)
+        return super().projx(x)
+
+    def random(self, *size, dtype=None, device=None, generator=None):
+        """Uniform points of shape ``size`` (last dimension 2)."""
+        if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)):
+            size = tuple(size[0])
+        if not size or size[-1] != 2:
+            raise ValueError(f"Circles points have a last dimension of size 2, got size {size}")
+        return super().random(*size, dtype=dtype, device=device, generator=generator)
+
     def geodesic(self, x, v, t):
+        self._pairs(x)
         w_t, xi_t, pw_t, pxi_t = circle_rotate(
             x[..., 0], x[..., 1], v[..., 0], v[..., 1], self._time(t, x), self.radius
         )
@@ -132,6 +162,7 @@ class Circles(Sphere):
         return torch.as_tensor(t, dtype=x.dtype, device=x.device)
 
     def proju(self, x, u):
+        self._pairs(x)
         pw, pxi = circle_project(x[..., 0], x[..., 1], u[..., 0], u[..., 1])
         return torch.stack([pw, pxi], dim=-1)
 
@@ -147,10 +178,13 @@ class Circles(Sphere):
         Raises:
             ValueError: if some ``|w| > r`` (clip or rescale the weights first).
         """
+        radius = check_positive("radius", radius)
+        if not w.is_floating_point():
+            raise TypeError(f"w must be a floating-point tensor, got {w.dtype}")
         excess = (w.abs() - radius).amax() if w.numel() else torch.zeros(())
-        if bool(excess > 0):
+        if not bool(excess <= 0):  # NaN included
             raise ValueError(
-                f"weights exceed the circle radius {radius} by up to {float(excess):.3g}; "
-                "rescale them to |w| <= radius first"
+                f"weights exceed the circle radius {radius} by up to {float(excess):.3g} (or are "
+                "NaN); rescale them to |w| <= radius first"
             )
         return torch.stack([w, torch.sqrt((radius**2 - w * w).clamp_min(0))], dim=-1)

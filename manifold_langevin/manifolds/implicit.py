@@ -62,6 +62,8 @@ class ImplicitManifold(ConstrainedManifold):
 
     def constraint(self, x: torch.Tensor) -> torch.Tensor:
         out = self.g(x)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"g must return a tensor (..., m), got {type(out).__name__}")
         if out.dim() == x.dim() - 1:
             out = out.unsqueeze(-1)
         if out.shape[:-1] != x.shape[:-1]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_positive
 from .base import ConstrainedManifold, default_tolerance
 
 __all__ = ["Sphere"]
@@ -44,9 +45,7 @@ class Sphere(ConstrainedManifold):
 
     def __init__(self, radius: float = 1.0, *, tol: float | None = None):
         super().__init__(tol=tol, max_iter=1)
-        if not radius > 0:
-            raise ValueError(f"radius must be positive, got {radius}")
-        self.radius = float(radius)
+        self.radius = check_positive("radius", radius)
 
     def extra_repr(self) -> str:
         return f"radius={self.radius}"

@@ -77,8 +77,14 @@ _RATTLE_LARGE_P = 128
 _PAPER_ITERS = 10
 
 
+def _check_matrix(x: torch.Tensor) -> None:
+    if x.dim() < 2:
+        raise ValueError(f"Stiefel points are matrices (..., n, k), got shape {tuple(x.shape)}")
+
+
 def _is_wide(x: torch.Tensor) -> bool:
     # shapes are Python ints: no host sync
+    _check_matrix(x)
     return x.shape[-2] < x.shape[-1]
 
 
@@ -485,6 +491,7 @@ class Stiefel(ConstrainedManifold):
             ``(x_new, p_new, converged)`` as :meth:`shake` returns them; ``p_new`` is
             ``scale * P(x_new)((x_new - x) / dt)``.
         """
+        _check_matrix(x)
         if self.paper:  # the released scripts: project, SHAKE, project
             x_new, ok = self.shake(x, x + dt * self.proju(x, p), max_iter=max_iter)
             return x_new, scale * self.proju(x_new, (x_new - x) / dt), ok

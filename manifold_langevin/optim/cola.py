@@ -45,8 +45,10 @@ device-side flags that select between the new and the old values, and failure co
 the device (``tests/test_no_sync.py`` checks it). The strict modes cost one host synchronisation
 each per step: ``on_nonfinite="raise"`` (the default) or ``"skip"`` reads one flag (all gradient
 norms finite) before anything is changed, and ``on_failure="raise"`` reads one flag (all solves
-converged) before anything is written. The very first step of each parameter also reads its
-constraint residual once (the off-manifold check). Hyperparameters are read as Python numbers (a
+converged) before anything is written. ``on_failure="subdivide"`` reads the same flag; in a step
+where a solve failed it then reads a few more (one per retried bucket and per round of retries).
+The very first step of each parameter also reads its constraint residual once (the off-manifold
+check). Hyperparameters are read as Python numbers (a
 tensor ``lr`` would be read on the host).
 
 ``torch.compile``
@@ -70,17 +72,30 @@ With noise it is two RATTLE steps and a projected Gaussian. A circle step is som
 passes per weight in cache-sized chunks (tens of SGD steps on CPU, where the exact rotation's
 ``sin`` and ``cos`` dominate), or one compiled loop with ``compile=True`` (3 to 5 SGD steps).
 ``validation/bench_optim.py`` measures all of this against SGD, geoopt and the paper's algorithm.
+
+Distributed training
+--------------------
+Under ``DistributedDataParallel`` every rank holds the whole model, receives the gradient averaged
+over the global batch and must draw the same noise, so that the replicas stay identical: the
+noise generators are seeded from ``seed``, identically on every rank (the first accelerator of
+each process gets ``seed`` whatever its index), and ``seed=None`` broadcasts rank 0's draw when
+``torch.distributed`` is initialised (``tests/optim/test_distributed.py`` checks bit-identical
+replicas at ``temperature > 0``). Sharded parameters (DTensors, FSDP shards) are refused for
+constrained groups: an orthogonal matrix cannot be updated shard by shard (see
+``docs/tutorials/distributed.md``).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import geoopt
 import torch
+import torch.distributed as dist
 from torch.optim.optimizer import Optimizer, required
 
 from ..errors import NonFiniteError, OffManifoldError, ShakeError
@@ -102,7 +117,10 @@ _SCHEMES = ("ud", "od")
 _NAMED = ("orthogonal", "stiefel", "circle", "sphere")
 _FIRST_KICKS = ("half", "full")
 _ON_NONFINITE = ("raise", "skip", "mask")
-_ON_FAILURE = ("reject", "raise")
+_ON_FAILURE = ("reject", "raise", "subdivide")
+#: ``on_failure="subdivide"`` retries a failed A step with 2, 4, ... up to this many times the
+#: group's ``substeps``
+_SUBDIVIDE_MAX = 16
 #: a start point passes the off-manifold check up to this multiple of the SHAKE tolerance
 _START_FACTOR = 10.0
 
@@ -182,6 +200,8 @@ class _Bucket:
     shape: tuple = ()
     kick_h: float = 0.0
     entries: list = field(default_factory=list)
+    # on_failure="subdivide": re-runs the failed points before the bucket is committed
+    retry: Callable[[], None] | None = None
 
 
 def _gather(tensors: list[torch.Tensor], shape) -> torch.Tensor:
@@ -241,6 +261,34 @@ def _finite(ndim: int, *tensors: torch.Tensor) -> torch.Tensor:
     return out
 
 
+class _NoiseTape:
+    """A noise source (see :mod:`manifold_langevin.noise`) that keeps its draws, so that a retry
+    of some of the points replays exactly the normals they had in the first attempt.
+
+    It draws what ``standard_normal(like, generator)`` would, so a step reads the same stream
+    through it as straight from the generator."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+        self.draws: list[torch.Tensor] = []
+
+    def __call__(self, like: torch.Tensor) -> torch.Tensor:
+        z = torch.randn(like.shape, generator=self.generator, dtype=like.dtype, device=like.device)
+        self.draws.append(z)
+        return z
+
+    def replay(self, rows: torch.Tensor, ndim: int):
+        """A noise source returning the recorded draws at the flat batch indices ``rows`` (of
+        points with ``ndim`` event dimensions), in the order they were drawn."""
+        draws = iter(self.draws)
+
+        def source(like):
+            z = next(draws)
+            return z.reshape(-1, *z.shape[z.dim() - ndim :])[rows].reshape(like.shape)
+
+        return source
+
+
 # ---------------------------------------------------------------------------- the updates
 # Pure functions of tensors and Python floats (no host reads), one per (scheme, kind): the
 # compute graph of a step. ``kick_h`` is the total kick time (the previous step's pending
@@ -295,6 +343,39 @@ def _rattle_drift(rattle, x, p, h, substeps, scale=1.0, scratch=None):
         x, p, ok_i = rattle(x, p, dt, scale=scale if i == substeps - 1 else 1.0, scratch=scratch)
         ok = ok_i if ok is None else ok & ok_i
     return x, p, ok
+
+
+def _subdivide(m, start, new, run, noise, substeps):
+    """Re-run the failed points of a bucket with ``2, 4, ...`` up to :data:`_SUBDIVIDE_MAX` times
+    ``substeps`` RATTLE sub-steps per A step, each point keeping the first result that converges.
+
+    ``start`` is ``(x0, p0, grad)`` and ``new`` the first attempt's ``(x, p, ok)``;
+    ``run(x0, p0, grad, noise, substeps)`` is the step. A point redone with ``K`` sub-steps gets
+    the normals it drew in the first attempt (``noise`` is a :class:`_NoiseTape`), so its result
+    is the one a step with ``substeps=K`` would have given, and the generator advances as in any
+    other step. Host reads: one per round. Returns the new ``(x, p, ok)``."""
+    ndim = m.ndim
+
+    def flat(t):
+        return t.reshape(-1, *t.shape[t.dim() - ndim :])
+
+    x0, p0, g = (flat(t) for t in start)
+    x, p = flat(new[0]).clone(), flat(new[1]).clone()
+    ok = new[2].reshape(-1).clone()
+    # a point with a non-finite gradient or momentum fails at any step size
+    rows = (~ok & _finite(ndim, g, p0)).nonzero().squeeze(-1)
+    factor = 2
+    while rows.numel() and factor <= _SUBDIVIDE_MAX:
+        source = noise.replay(rows, ndim) if isinstance(noise, _NoiseTape) else noise
+        xk, pk, okk = run(x0[rows], p0[rows], g[rows], source, factor * substeps)
+        okk = okk & _finite(ndim, xk, pk)
+        keep = okk.reshape(okk.shape + (1,) * ndim)
+        x[rows] = torch.where(keep, xk, x[rows])
+        p[rows] = torch.where(keep, pk, p[rows])
+        ok[rows] = okk
+        rows = rows[~okk]
+        factor *= 2
+    return x.reshape(new[0].shape), p.reshape(new[1].shape), ok.reshape(new[2].shape)
 
 
 def _od_manifold(m, x, grad, h, temperature, generator, geodesic):
@@ -479,12 +560,22 @@ class CoLA(Optimizer):
     failures), and ``state["n_rejected"]`` counts it. A rejection is a state-dependent restart, so
     at ``tau > 0`` it biases the sampled measure by about the rejection rate (read it with
     :meth:`n_rejected`). ``on_failure="raise"`` raises :class:`~manifold_langevin.ShakeError`
-    instead, with nothing changed. No NaN is written into a constrained parameter.
+    instead, with nothing changed. ``on_failure="subdivide"`` first redoes the step of each failed
+    matrix with its A steps split into 2, 4, 8 and then 16 times ``substeps`` RATTLE sub-steps
+    (``"ud"`` with RATTLE only: sub-steps do not help a geodesic, ``"od"`` has no A step), with
+    the same normals; a matrix takes the first result that converges, which is exactly what a
+    step with that many ``substeps`` gives (a g-BAOAB step, so the scheme and its order are
+    unchanged, and the noise stream is the same as without failures). Matrices that fail even
+    with 16 times the sub-steps are rejected and counted as above. No NaN is written into a
+    constrained parameter (one exception: outside ``on_nonfinite="mask"`` a circle update that
+    overflows the dtype, from a gradient or ``lr`` near its largest value, e.g. ``lr = 300`` or a
+    gradient of ``6e4`` in float16, is not checked, since checking costs some 70% of the eager
+    circle step; ``"mask"`` rejects such entries).
 
     State (per parameter, in :meth:`state_dict`): ``step``, ``pending_kick`` (the carried
     :math:`h/2`), ``momentum_buffer`` (``"ud"``), ``xi`` and ``xi_momentum`` (circles),
     ``n_rejected`` (an int64 device counter); plus, under the ``"cola"`` key, the format version,
-    the seed, :attr:`n_skipped` and the state of every noise generator.
+    the seed, :attr:`n_skipped`, the state of every noise generator and the parameter shapes.
 
     Args:
         params: parameters or param groups (e.g. from
@@ -504,7 +595,8 @@ class CoLA(Optimizer):
             matmul-equivalents at 1024x1024, the closed-form geodesic, a ``2k x 2k`` matrix
             exponential, 40 to 190 for shapes from 128x32 to 1024x1024), other manifolds their
             geodesic if they have one.
-            ``True`` / ``False`` forces the choice. The geodesic never fails; RATTLE can (see
+            ``True`` / ``False`` forces the choice. The geodesic fails only for steps so large
+            that rounding takes its result off the manifold; RATTLE can fail sooner (see
             failures below).
         substeps: RATTLE sub-steps per A step (g-BAOAB) when no geodesic is used.
         fuse: at zero temperature, evaluate ``A O A`` as one A step (see above).
@@ -514,10 +606,15 @@ class CoLA(Optimizer):
             leave parameters, state and generators exactly as they were and cost one host sync per
             step. ``"mask"`` has no sync: non-finite updates are rejected entry by entry (matrix by
             matrix) as failures are (the noise is drawn as usual).
-        on_failure: ``"reject"`` (default, no sync) or ``"raise"`` (one sync per step).
-        seed: seed of the optimizer's noise generators (one per device). ``None`` draws one from
-            torch's global generator, so ``torch.manual_seed`` makes runs reproducible; give the
-            same seed on every rank for distributed training.
+        on_failure: ``"reject"`` (default, no sync), ``"raise"`` (one sync per step) or
+            ``"subdivide"`` (retry with more sub-steps, then reject; one sync per step, a few more
+            in steps with a failure).
+        seed: seed of the optimizer's noise generators (one per device; the k-th accelerator
+            met gets ``seed + k``). ``None`` draws one from torch's global generator, so
+            ``torch.manual_seed`` makes runs reproducible; if ``torch.distributed`` is
+            initialised, rank 0's draw is broadcast to every rank (a collective: construct the
+            optimizer on every rank). An explicit seed is used as given: in data-parallel
+            training give the same one on every rank, or the replicas drift apart.
         generator: a ``torch.Generator`` to use for the parameters on its device (instead of
             ``seed``).
         compile: run each circle-constrained tensor's update as one loop compiled by
@@ -581,8 +678,9 @@ class CoLA(Optimizer):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         if seed is None:
-            # from torch's global generator (a CPU draw): reproducible under torch.manual_seed
-            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
+            # from torch's global generator (a CPU draw): reproducible under torch.manual_seed;
+            # under torch.distributed, rank 0's draw on every rank (replicas need the same noise)
+            seed = _broadcast_seed(int(torch.randint(0, 2**62, (), dtype=torch.int64).item()))
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         if compile not in (True, False):
@@ -619,7 +717,8 @@ class CoLA(Optimizer):
         try:
             _check_group(group)
             for i, p in enumerate(group["params"]):
-                self._classify(group, p, _param_name(group, index, i))
+                name = _param_name(group, index, i)
+                _check_unsharded(group, p, self._classify(group, p, name)[0], name)
         except Exception:
             self.param_groups.pop()
             raise
@@ -636,6 +735,11 @@ class CoLA(Optimizer):
         constraint = group["constraint"]
         if not p.is_floating_point():
             raise TypeError(f"parameter {name} has dtype {p.dtype}; CoLA needs floating point")
+        if p.device.type == "meta":
+            raise ValueError(
+                f"parameter {name} is on the meta device (a shape without values); materialise "
+                "and initialise the model (e.g. model.to_empty(device=...)) before building CoLA"
+            )
         if isinstance(p, geoopt.ManifoldParameter):
             own = as_manifold(p.manifold)
             if not isinstance(own, Euclidean):
@@ -658,6 +762,11 @@ class CoLA(Optimizer):
                         f"parameter {name} has shape {tuple(p.shape)}: the orthogonal constraint "
                         "needs a matrix (or a conv kernel, taken as (out, in*kh*kw)); put "
                         "vectors in an unconstrained group"
+                    )
+                if p.numel() == 0:
+                    raise ValueError(
+                        f"parameter {name} has shape {tuple(p.shape)}: an empty matrix has no "
+                        "orthonormal frame; put it in an unconstrained group"
                     )
                 m = _named_manifold(constraint, None)
                 return "manifold", m, (p.shape[0], math.prod(p.shape[1:]))
@@ -690,8 +799,11 @@ class CoLA(Optimizer):
         if gen is None:
             dev = torch.device(key)
             gen = torch.Generator(device=dev)
-            # distinct streams per accelerator, identical across processes for the same seed
-            gen.manual_seed(self.seed + (0 if dev.index is None else dev.index))
+            # the k-th accelerator this optimizer meets gets seed + k, not seed + its index:
+            # distinct streams for the devices of one process, and the same stream on every DDP
+            # rank (one device per rank, cuda:0 on rank 0, cuda:1 on rank 1, ...)
+            k = sum(torch.device(other).type != "cpu" for other in self._generators)
+            gen.manual_seed(self.seed + (0 if dev.type == "cpu" else k))
             self._generators[key] = gen
         return gen
 
@@ -724,6 +836,7 @@ class CoLA(Optimizer):
         self._init_state(work)
         buckets = self._buckets(work)
         strict = self.on_failure == "raise"
+        subdivide = self.on_failure == "subdivide"
         snapshot = {k: g.get_state() for k, g in self._generators.items()} if strict else None
         commits, checks = [], []
         # constrained updates first (those can fail), then the unconstrained ones: the same order
@@ -732,14 +845,16 @@ class CoLA(Optimizer):
             if b.kind != "free":
                 commit, ok = self._update(b)
                 checks.append((b, ok))
-                if strict:
+                if strict or subdivide:
                     commits.append(commit)
                 else:
                     commit()
         if strict:
             self._check_converged(checks, snapshot)
-            for commit in commits:
-                commit()
+        if subdivide:
+            self._retry_failed(checks)
+        for commit in commits:
+            commit()
         for b in buckets:
             if b.kind == "free":
                 self._update(b)[0]()
@@ -756,17 +871,24 @@ class CoLA(Optimizer):
         work = []
         for gi, group in enumerate(self.param_groups):
             h = float(group["lr"])
-            if not h >= 0:  # negative or NaN (one comparison: traceable by torch.compile)
-                raise ValueError(f"param group {gi}: lr must be >= 0, got {group['lr']}")
+            # the numbers a step reads may have been changed since the group was checked (a
+            # scheduler, or by hand); comparisons of Python floats are traceable by torch.compile
+            if not 0 <= h < math.inf:  # negative, infinite or NaN
+                raise ValueError(f"param group {gi}: lr must be >= 0 and finite, got {group['lr']}")
             if h == 0:
                 continue
+            _check_step_numbers(gi, group)
             entries = []
+            noisy = float(group["temperature"]) > 0
             for i, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("CoLA does not support sparse gradients")
                 kind, m, shape = self._classify(group, p, (group, gi, i))
+                # an FSDP shard is refused with noise; the temperature may have been raised
+                if noisy and kind == "free" and _fsdp_flat(p):
+                    _check_unsharded(group, p, kind, _param_name(group, gi, i))
                 entries.append(_Entry(p, p.grad, self.state[p], (group, gi, i), kind, m, shape))
             if entries:
                 work.append((gi, group, entries))
@@ -927,30 +1049,38 @@ class CoLA(Optimizer):
             m, shape = b.manifold, b.shape
             geo = self._geodesic(group, m, shape)
             x0, g = _gather(params, shape), _gather(grads, shape)
+            # only RATTLE A steps are subdivided (a closed-form flow fails only where rounding
+            # swamps it, which sub-steps do not cure; "od" has no A step)
+            retry = self.on_failure == "subdivide" and ud and not geo
             if ud:
                 moms = [e.state["momentum_buffer"] for e in b.entries]
-                x, p, ok = _ud_manifold(
-                    m,
-                    x0,
-                    _gather(moms, shape),
-                    g,
-                    b.kick_h,
-                    h,
-                    c1,
-                    c2,
-                    gen,
-                    geo,
-                    int(group["substeps"]),
-                    fuse,
-                    self._scratch,
-                )
+                p0 = _gather(moms, shape)
+                substeps = int(group["substeps"])
+                # a retry must see the normals of the first attempt: record them
+                noise = _NoiseTape(gen) if retry and c2 > 0 else gen
+
+                def run(x0, p0, g, noise, substeps, scratch=None):
+                    kick_h = b.kick_h
+                    return _ud_manifold(
+                        m, x0, p0, g, kick_h, h, c1, c2, noise, geo, substeps, fuse, scratch
+                    )
+
+                x, p, ok = run(x0, p0, g, noise, substeps, self._scratch)
             else:
                 x, ok = _od_manifold(m, x0, g, h, tau, gen, geo)
                 p = None
             if geo or not isinstance(m, (Stiefel, Sphere)):
                 # the SHAKE flags of Stiefel and Sphere already cover non-finite values (a NaN
-                # anywhere reaches the residual they check); a closed-form flow reports nothing
+                # anywhere reaches the residual they check); a closed-form flow reports only its
+                # residual, not the momentum's
                 ok = ok & _finite(m.ndim, x) if p is None else ok & _finite(m.ndim, x, p)
+            if retry:
+
+                def retry_failed():
+                    nonlocal x, p, ok
+                    x, p, ok = _subdivide(m, (x0, p0, g), (x, p, ok), run, noise, substeps)
+
+                b.retry = retry_failed
 
             def commit():
                 keep = ok.reshape(ok.shape + (1,) * m.ndim)
@@ -1063,6 +1193,19 @@ class CoLA(Optimizer):
             params[i].copy_(torch.where(ok, x, params[i]))
             counters[i].add_((~ok).sum())
 
+    @staticmethod
+    def _retry_failed(checks) -> None:
+        """``on_failure="subdivide"``: one host read (did any solve fail?), then the retries."""
+        flags = {}
+        for b, ok in checks:
+            if b.retry is not None:
+                flags.setdefault(ok.device, []).append(ok.all())
+        if all(bool(torch.stack(parts).all()) for parts in flags.values()):
+            return
+        for b, ok in checks:
+            if b.retry is not None and not bool(ok.all()):
+                b.retry()
+
     def _check_converged(self, checks, snapshot) -> None:
         """``on_failure="raise"``: one host read; restore the generators and raise on failure."""
         flags = {}
@@ -1155,14 +1298,16 @@ class CoLA(Optimizer):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        """Torch's optimizer state plus a ``"cola"`` entry: format version, seed, skip counter and
-        the state of every noise generator (so that a resumed run is bit-identical)."""
+        """Torch's optimizer state plus a ``"cola"`` entry: format version, seed, skip counter,
+        the state of every noise generator (so that a resumed run is bit-identical) and the
+        parameter shapes per group (checked by :meth:`load_state_dict`)."""
         sd = super().state_dict()
         sd["cola"] = {
             "version": STATE_VERSION,
             "seed": self.seed,
             "n_skipped": self.n_skipped,
             "generators": {k: g.get_state() for k, g in self._generators.items()},
+            "shapes": [[tuple(p.shape) for p in g["params"]] for g in self.param_groups],
         }
         return sd
 
@@ -1185,15 +1330,24 @@ class CoLA(Optimizer):
                 f"CoLA state dict format version {extra.get('version')!r} is not supported "
                 f"(expected {STATE_VERSION})"
             )
-        self._check_compatible(state_dict)
+        self._check_compatible(state_dict, extra.get("shapes"))
         super().load_state_dict(state_dict)
         for st in self.state.values():
             if "n_rejected" in st:
                 st["n_rejected"] = st["n_rejected"].to(torch.int64)
         self.seed = int(extra["seed"])
         self.n_skipped = int(extra["n_skipped"])
+        # accelerator generators are matched by order, not by name, as :meth:`_generator` seeds
+        # them: the k-th saved one goes to the k-th accelerator of these parameters, so that a
+        # checkpoint written by rank 0 (cuda:0) resumes on rank 1 (cuda:1) with the same stream
+        here = self._accelerators()
+        k = 0
         for key, gstate in extra["generators"].items():
             device = torch.device(key)
+            if device.type != "cpu":
+                if k < len(here) and torch.device(here[k]).type == device.type:
+                    device = torch.device(here[k])
+                k += 1
             if device.type == "cuda" and not torch.cuda.is_available():
                 warnings.warn(
                     f"the state dict holds the noise generator of {key}, which is not available "
@@ -1203,7 +1357,18 @@ class CoLA(Optimizer):
                 continue
             self._generator(device).set_state(gstate)
 
-    def _check_compatible(self, state_dict: dict) -> None:
+    def _accelerators(self) -> list[str]:
+        """The non-CPU devices of the parameters, in order of first appearance."""
+        seen: dict[str, None] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.device.type not in ("cpu", "meta"):
+                    seen.setdefault(_device_key(p.device), None)
+        return list(seen)
+
+    def _check_compatible(self, state_dict: dict, shapes: list | None) -> None:
+        # ``shapes``: absent from state dicts written before it was added (same format version);
+        # the per-parameter state alone has no shape in the "od" scheme
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
@@ -1223,6 +1388,12 @@ class CoLA(Optimizer):
                     f"{saved.get('constraint')!r} in the state dict"
                 )
             for i, (p, pid) in enumerate(zip(group["params"], saved["params"])):
+                if shapes is not None and tuple(shapes[gi][i]) != tuple(p.shape):
+                    raise ValueError(
+                        f"parameter {_param_name(group, gi, i)}: shape {tuple(p.shape)} here but "
+                        f"{tuple(shapes[gi][i])} in the state dict, which belongs to a different "
+                        "model"
+                    )
                 st = saved_state.get(pid, {})
                 for key in ("momentum_buffer", "xi", "xi_momentum"):
                     if key in st and tuple(st[key].shape) != tuple(p.shape):
@@ -1253,6 +1424,64 @@ class CoLA(Optimizer):
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _broadcast_seed(seed: int) -> int:
+    """Rank 0's ``seed`` on every rank when the default process group is initialised (one
+    broadcast, so every rank must construct the optimizer), else ``seed`` itself."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return seed
+    box = [seed]
+    dist.broadcast_object_list(box, src=0)
+    return int(box[0])
+
+
+def _is_dtensor(p: torch.Tensor) -> bool:
+    # no DTensor can exist before its module is imported; importing it here would cost ~0.3 s
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(p, module.DTensor)
+
+
+def _fsdp_flat(p: torch.Tensor) -> bool:
+    """An FSDP1 ``FlatParameter`` or an original parameter FSDP1 flattened into one."""
+    return bool(getattr(p, "_is_flat_param", False) or getattr(p, "_fsdp_flattened", False))
+
+
+def _check_unsharded(group: dict, p: torch.Tensor, kind: str, name) -> None:
+    """Refuse a sharded parameter where CoLA's update would be wrong (raises TypeError).
+
+    A constrained update needs the whole tensor (an orthogonal matrix or a sphere row cannot be
+    moved shard by shard), and every rank's generator draws the same normals, which is right for
+    replicas but makes the shards' noise identical. An FSDP1 shard of an unconstrained group is
+    accepted at ``temperature == 0`` (the update is then elementwise and deterministic)."""
+    dtensor = _is_dtensor(p)
+    if not dtensor and not _fsdp_flat(p):
+        return
+    what = "a DTensor (FSDP2 fully_shard, tensor parallel)" if dtensor else "an FSDP1 shard"
+    fix = (
+        "keep such layers whole on every rank: use DistributedDataParallel, or leave them out of "
+        "FSDP (FSDP(..., use_orig_params=True, ignored_states=...) or fully_shard(..., "
+        "ignored_params=...)) and average their gradients yourself before opt.step() "
+        "(docs/tutorials/distributed.md)"
+    )
+    if kind != "free":
+        c = group["constraint"]
+        label = "(a geoopt.ManifoldParameter's manifold)" if c is None else repr(c)
+        raise TypeError(
+            f"parameter {name} is {what}: CoLA's constrained updates need the full tensor on "
+            f"every rank, sharded parameters are not supported for constraint {label}; {fix}"
+        )
+    if dtensor:
+        raise TypeError(
+            f"parameter {name} is {what}: CoLA does not support DTensor parameters (its state "
+            f"and noise are plain tensors); {fix}, or use another optimizer for them"
+        )
+    if float(group["temperature"]) > 0:
+        raise TypeError(
+            f"parameter {name} is {what}: at temperature > 0 every rank would draw the same "
+            "noise for its own shard; FSDP shards are supported at temperature 0 only (in "
+            f"unconstrained groups); {fix}"
+        )
 
 
 def _device_key(device) -> str:
@@ -1286,6 +1515,19 @@ def _constraint_key(c):
     if c is None or isinstance(c, str):
         return "orthogonal" if c == "stiefel" else c
     return type(as_manifold(c)).__name__
+
+
+def _check_step_numbers(gi: int, group: dict) -> None:
+    """The hyperparameters a step reads besides ``lr`` (cheap; called at every step)."""
+    gamma, tau, sub = float(group["friction"]), float(group["temperature"]), group["substeps"]
+    if not gamma >= 0:
+        raise ValueError(f"param group {gi}: friction must be >= 0, got {group['friction']}")
+    if not 0 <= tau < math.inf:
+        raise ValueError(
+            f"param group {gi}: temperature must be >= 0 and finite, got {group['temperature']}"
+        )
+    if type(sub) is not int or sub < 1:
+        raise ValueError(f"param group {gi}: substeps must be a positive integer, got {sub!r}")
 
 
 def _check_group(group: dict) -> None:

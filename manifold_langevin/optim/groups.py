@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 import geoopt
 import torch
 
+from .._checks import check_positive
+
 __all__ = ["DEFAULT_RADII", "circle_init_", "constrained_groups", "orthogonal_init_"]
 
 #: the paper's circle radii ``(r0, r1)``: first layer, other layers
@@ -82,8 +84,7 @@ def circle_init_(tensor: torch.Tensor, radius: float, mode: str = "clip") -> tor
         >>> circle_init_(w, 0.1).tolist()
         [0.10000000149011612, -0.019999999552965164, 0.009999999776482582]
     """
-    if not radius > 0:
-        raise ValueError(f"radius must be positive, got {radius}")
+    radius = check_positive("radius", radius)
     if mode == "clip":
         return tensor.clamp_(-radius, radius)
     if mode == "scale":
@@ -161,8 +162,15 @@ def constrained_groups(
         [('circle', 0.05, ['0.weight']), ('circle', 0.1, ['2.weight']),
          (None, None, ['0.bias', '2.bias'])]
     """
-    if constraint not in ("orthogonal", "circle"):
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module, got {type(model).__name__} (for a list of "
+            "tensors, build the param groups by hand)"
+        )
+    if not isinstance(constraint, str) or constraint not in ("orthogonal", "circle"):
         raise ValueError(f"constraint must be 'orthogonal' or 'circle', got {constraint!r}")
+    if init not in (True, False):
+        raise TypeError(f"init must be True or False, got {init!r}")
     if constraint == "orthogonal" and radius is not None:
         raise ValueError("radius applies to the circle constraint only")
     if "params" in group_overrides or "constraint" in group_overrides:
@@ -194,9 +202,7 @@ def constrained_groups(
                 raise ValueError(f"{name} has shape {tuple(p.shape)}: not a matrix")
             key = None
         else:
-            key = _radius_of(radius, name, p, first)
-            if not key > 0:
-                raise ValueError(f"radius of {name} must be positive, got {key}")
+            key = check_positive(f"radius of {name}", _radius_of(radius, name, p, first))
         chosen.setdefault(key, []).append((name, p))
 
     if init:

@@ -67,3 +67,19 @@ def test_cuda_mask_mode_has_no_sync():
         opt.step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_generator_state_follows_the_accelerator_by_order():
+    # a checkpoint written on another rank names its own device (cuda:1 here, as if saved on
+    # rank 1); loading it on cuda:0 must restore that stream into this rank's generator
+    _, opt = _run("circle", 3)
+    sd = opt.state_dict()
+    sd["cola"]["generators"] = {
+        ("cuda:1" if k == "cuda:0" else k): v for k, v in sd["cola"]["generators"].items()
+    }
+    _, fresh = _run("circle", 0)
+    fresh.load_state_dict(sd)
+    assert set(fresh._generators) == {"cuda:0"} | ({"cpu"} & set(opt._generators))
+    assert torch.equal(
+        fresh._generators["cuda:0"].get_state(), opt._generators["cuda:0"].get_state()
+    )

@@ -5,10 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from manifold_langevin import NonFiniteError, OffManifoldError, ShakeError
+from manifold_langevin import NonFiniteError, OffManifoldError, ShakeError, Stiefel
 from manifold_langevin.optim import CoLA, constrained_groups, orthogonal_init_
 
-from .helpers import assert_snapshot_equal, batches, mlp, snapshot, train
+from .helpers import (
+    assert_snapshot_equal,
+    batches,
+    mlp,
+    ortho_residual,
+    params_equal,
+    snapshot,
+    train,
+)
 
 
 def _model_and_opt(constraint, **kw):
@@ -44,6 +52,27 @@ def test_nan_gradient_skip_changes_nothing(constraint):
     assert_snapshot_equal(opt, snap)
     assert opt.n_skipped == 1
     assert opt.state_dict()["cola"]["n_skipped"] == 1
+
+
+@pytest.mark.parametrize("constraint", ["orthogonal", "circle"])
+def test_a_skipped_step_leaves_no_trace_in_the_noise(constraint):
+    # at temperature > 0: the run goes on exactly as one that never saw the bad gradient, so the
+    # generator did not advance (no noise drawn, none consumed) and nothing else moved
+    data = batches(6)
+    ref_model, ref = _model_and_opt(constraint, on_nonfinite="skip")
+    model, opt = _model_and_opt(constraint, on_nonfinite="skip")
+    _nan_gradient(model, opt)
+    opt.step()
+    assert torch.equal(opt._generators["cpu"].get_state(), ref._generators["cpu"].get_state())
+    train(model, opt, data, 2)
+    train(ref_model, ref, data, 2)
+    assert params_equal(model, ref_model)
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        for key in ("momentum_buffer", "xi", "xi_momentum"):
+            if key in ref.state[q]:
+                assert torch.equal(opt.state[p][key], ref.state[q][key]), key
+    assert torch.equal(opt._generators["cpu"].get_state(), ref._generators["cpu"].get_state())
+    assert opt.n_skipped == 1 and ref.n_skipped == 0
 
 
 def test_nan_gradient_at_the_first_step_creates_no_state():
@@ -112,7 +141,7 @@ def test_off_manifold_parameters_are_reported(constraint, radius):
     assert not any(opt.state.values())
 
 
-def _hard_problem(**kw):
+def _hard_problem(scale=50.0, **kw):
     torch.manual_seed(0)
     good = torch.nn.Parameter(orthogonal_init_(torch.randn(6, 3)))
     bad = torch.nn.Parameter(orthogonal_init_(torch.randn(6, 3)))
@@ -127,7 +156,7 @@ def _hard_problem(**kw):
     good.grad, bad.grad = 0.01 * torch.randn(6, 3), 0.01 * torch.randn(6, 3)
     opt.step()
     good.grad = 0.01 * torch.randn(6, 3)
-    bad.grad = 50.0 * torch.randn(6, 3)  # a tangential step far beyond the curvature
+    bad.grad = scale * torch.randn(6, 3)  # 50: a tangential step far beyond the curvature
     return good, bad, opt
 
 
@@ -153,3 +182,85 @@ def test_shake_failure_raise_names_the_parameter_and_changes_nothing():
     assert info.value.parameter == "'bad'"
     assert not info.value.residual <= 1e-3  # large or NaN
     assert_snapshot_equal(opt, snap)
+
+
+# ------------------------------------------------------------------------ on_failure="subdivide"
+# _hard_problem(scale) on seed 0: a plain RATTLE step (substeps=1) of the 'bad' matrix fails from
+# scale 1 on; the fewest sub-steps that converge (measured): at temperature 1e-2, 2 for scale 1,
+# 8 for scale 3, 16 for scale 8; at temperature 0 (one fused A step of time (1 + c1) h / 2), 4 for
+# scale 1 and 16 for scale 5
+@pytest.mark.parametrize(
+    "temperature, scale, k",
+    [(0.0, 1.0, 4), (0.0, 5.0, 16), (1e-2, 1.0, 2), (1e-2, 3.0, 8), (1e-2, 8.0, 16)],
+)
+def test_subdivide_retries_the_failed_matrix_with_more_substeps(temperature, scale, k):
+    good, bad, opt = _hard_problem(scale, on_failure="subdivide")
+    opt.param_groups[0]["temperature"] = temperature
+    b0 = bad.detach().clone()
+    plain_good, _, plain = _hard_problem(scale)  # the same step, rejected
+    plain.param_groups[0]["temperature"] = temperature
+    plain.step()
+    assert plain.n_rejected() == 1
+    opt.step()
+    assert opt.n_rejected() == 0
+    assert ortho_residual(bad) <= Stiefel().tolerance(bad.detach())
+    assert not torch.equal(bad, b0)
+    # the matrix that converged at once is untouched by the retry
+    assert torch.equal(good, plain_good)
+    assert torch.equal(
+        opt.state[good]["momentum_buffer"], plain.state[plain_good]["momentum_buffer"]
+    )
+    # the retried matrix is what a step with substeps=k gives (same normals: bit-identical here),
+    # and the generator is where it is after any step
+    _, direct_bad, direct = _hard_problem(scale)
+    direct.param_groups[0].update(temperature=temperature, substeps=k)
+    direct.step()
+    assert direct.n_rejected() == 0
+    torch.testing.assert_close(bad, direct_bad, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        opt.state[bad]["momentum_buffer"],
+        direct.state[direct_bad]["momentum_buffer"],
+        rtol=0,
+        atol=1e-5,
+    )
+    assert torch.equal(opt._generators["cpu"].get_state(), plain._generators["cpu"].get_state())
+
+
+def test_subdivide_gives_up_after_16_times_the_substeps_and_rejects():
+    good, bad, opt = _hard_problem(on_failure="subdivide")  # scale 50: hopeless
+    b0 = bad.detach().clone()
+    opt.step()
+    assert torch.equal(bad, b0)
+    assert torch.equal(opt.state[bad]["momentum_buffer"], torch.zeros(6, 3))
+    assert int(opt.state[bad]["n_rejected"]) == 1 and opt.n_rejected() == 1
+    assert torch.isfinite(good).all() and ortho_residual(good) <= Stiefel().tolerance(good.detach())
+
+
+def test_subdivide_changes_nothing_when_every_solve_converges():
+    data = batches(4)
+    runs = []
+    for mode in ("reject", "subdivide"):
+        model = mlp()
+        opt = CoLA(
+            constrained_groups(model, "orthogonal"),
+            lr=0.1,
+            temperature=1e-2,
+            seed=0,
+            on_failure=mode,
+        )
+        train(model, opt, data, 4)
+        assert opt.n_rejected() == 0
+        runs.append((model, opt))
+    assert params_equal(runs[0][0], runs[1][0])
+    gens = [o._generators["cpu"].get_state() for _, o in runs]
+    assert torch.equal(*gens)
+
+
+def test_subdivide_skips_a_non_finite_gradient():
+    model, opt = _model_and_opt("orthogonal", on_nonfinite="mask", on_failure="subdivide")
+    _nan_gradient(model, opt)
+    before = model[2].weight.detach().clone()
+    opt.step()
+    assert torch.equal(model[2].weight, before)
+    assert int(opt.state[model[2].weight]["n_rejected"]) == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())

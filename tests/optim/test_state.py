@@ -170,3 +170,41 @@ def test_state_dict_from_another_model_is_refused():
     bad = dict(sd, cola=dict(sd["cola"], version=99))
     with pytest.raises(ValueError, match="version"):
         opt.load_state_dict(bad)
+
+
+@pytest.mark.parametrize(
+    ("constraint", "scheme"),
+    [("orthogonal", "od"), ("circle", "od"), (None, "od"), (None, "ud")],
+)
+def test_state_dict_of_other_shapes_is_refused_for_every_scheme(constraint, scheme):
+    # the "od" state of an orthogonal or free parameter holds no tensor of its shape: the shapes
+    # recorded under "cola" are what catches it
+    def make(sizes):
+        model = mlp(sizes=sizes)
+        params = model.parameters() if constraint is None else constrained_groups(model, constraint)
+        return model, CoLA(params, lr=0.1, temperature=1e-3, scheme=scheme, seed=0)
+
+    model, opt = make((6, 12, 12, 3))
+    train(model, opt, batches(1), 1)
+    sd = opt.state_dict()
+    assert sd["cola"]["shapes"][0][0] == tuple(opt.param_groups[0]["params"][0].shape)
+    _, other = make((6, 10, 10, 3))
+    with pytest.raises(ValueError, match="shape"):
+        other.load_state_dict(sd)
+
+
+def test_state_dict_without_version_is_refused_and_without_shapes_loads():
+    model, opt = _make({"constraint": "orthogonal", "scheme": "od"})
+    train(model, opt, batches(1), 1)
+    sd = opt.state_dict()
+    for cola in (
+        {k: v for k, v in sd["cola"].items() if k != "version"},
+        dict(sd["cola"], version=0),
+    ):
+        with pytest.raises(ValueError, match="format version"):
+            opt.load_state_dict(dict(sd, cola=cola))
+    # written before the shapes were recorded (same format version): loads, unchecked
+    old = dict(sd, cola={k: v for k, v in sd["cola"].items() if k != "shapes"})
+    _, fresh = _make({"constraint": "orthogonal", "scheme": "od"}, seed=3)
+    fresh.load_state_dict(old)
+    assert fresh.state_dict()["cola"]["generators"]["cpu"].equal(sd["cola"]["generators"]["cpu"])
