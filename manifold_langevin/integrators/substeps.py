@@ -8,7 +8,7 @@ projection of the manifold):
 * **A** (constrained drift): the exact geodesic flow where the manifold has one, else
   :math:`K` RATTLE sub-steps of size :math:`h/K`: SHAKE
   :math:`x' = x + (h/K) p + J(x)^T \lambda` with :math:`g(x') = 0`, then
-  :math:`p' = P(x')\,(x' - x)/(h/K)`;
+  :math:`p' = P(x')\,(x' - x)/(h/K)` (the manifold's ``rattle`` method, fused for Stiefel);
 * **O** (exact Ornstein-Uhlenbeck): :math:`p \leftarrow c_1 p + c_2 P(x) R`, with
   :math:`c_1 = e^{-\gamma h}`, :math:`c_2 = \sqrt{\tau (1 - c_1^2)}` and :math:`R` standard normal.
 
@@ -46,15 +46,21 @@ def drift(
     *,
     substeps: int = 1,
     geodesic: bool = True,
+    scale: float = 1.0,
+    scratch: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A: move ``(x, p)`` for time ``h`` along the constrained free flow.
 
     Args:
         manifold: the constraint set.
-        x: positions ``(..., *event)``; ``p``: tangent momenta, same shape.
+        x: positions ``(..., *event)``; ``p``: tangent momenta, same shape (with RATTLE, only
+            the tangent part of ``p`` matters).
         h: time step.
-        substeps: number ``K`` of RATTLE sub-steps when no exact geodesic is used (g-BAOAB).
+        substeps: number ``K`` of RATTLE sub-steps when no exact geodesic is used (g-BAOAB):
+            ``K`` calls of :meth:`~manifold_langevin.manifolds.base.ConstrainedManifold.rattle`.
         geodesic: use the manifold's closed-form geodesic when it has one.
+        scale: factor applied to the returned momentum (a damping folded into the last step).
+        scratch: reusable buffers, passed on to ``manifold.rattle``.
 
     Returns:
         ``(x', p', ok)`` with ``ok`` a per-chain boolean: every SHAKE solve converged (for a
@@ -63,13 +69,14 @@ def drift(
     """
     if geodesic and manifold.has_geodesic:
         x_new, p_new = manifold.geodesic(x, p, h)
+        if not (isinstance(scale, (int, float)) and scale == 1.0):
+            p_new = scale * p_new
         return x_new, p_new, _on_manifold(manifold, x_new)
     dt = h / substeps
     ok = None
-    for _ in range(substeps):
-        x_new, ok_k = manifold.shake(x, x + dt * p)
-        p = manifold.proju(x_new, (x_new - x) / dt)
-        x = x_new
+    for k in range(substeps):
+        last = k == substeps - 1
+        x, p, ok_k = manifold.rattle(x, p, dt, scale=scale if last else 1.0, scratch=scratch)
         ok = ok_k if ok is None else ok & ok_k
     return x, p, ok
 

@@ -159,6 +159,41 @@ class ConstrainedManifold(geoopt.Manifold):
         converged = torch.isfinite(res) & (res <= self.tolerance(x))
         return x_new, converged
 
+    def rattle(
+        self,
+        x: torch.Tensor,
+        p: torch.Tensor,
+        dt: float,
+        *,
+        scale: float = 1.0,
+        max_iter: int | None = None,
+        scratch: dict | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r"""One RATTLE step of size ``dt``: :meth:`shake` from ``x + dt p``, then the velocity
+        :math:`p' = P(x')\,(x' - x)/dt`, multiplied by ``scale``.
+
+        The A sub-step's one building block (:func:`~manifold_langevin.integrators.substeps.drift`
+        calls it for the samplers and the optimizer alike); manifolds with a faster fused form
+        (:meth:`Stiefel.rattle <manifold_langevin.Stiefel.rattle>`) override it. Only the tangent
+        part of ``p`` matters: a normal part is absorbed by the multipliers.
+
+        Args:
+            x: points on the manifold, ``(..., *event)``.
+            p: momenta (velocities), same shape.
+            dt: the step.
+            scale: factor applied to the returned momentum.
+            max_iter: SHAKE iteration budget (default: the manifold's).
+            scratch: reusable buffers for overrides that keep temporaries (ignored here).
+
+        Returns:
+            ``(x', p', converged)`` as :meth:`shake` returns them.
+        """
+        x_new, ok = self.shake(x, x + dt * p, max_iter=max_iter)
+        p_new = self.proju(x_new, (x_new - x) / dt)
+        if not (isinstance(scale, (int, float)) and scale == 1.0):
+            p_new = scale * p_new
+        return x_new, p_new, ok
+
     def geodesic(
         self, x: torch.Tensor, v: torch.Tensor, t: float | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,9 +17,10 @@ With ``p = min(n, k)`` and ``T`` of shape ``(N, p)``, ``N = max(n, k)``:
   ``p x p`` space (see :meth:`Stiefel.shake`);
 * the exact geodesic of Edelman, Arias & Smith (1998) through one ``2p x 2p`` matrix exponential
   (see :meth:`Stiefel.geodesic`).
-* a fused RATTLE step (SHAKE plus velocity projection, products shared, no kick projection needed)
-  for the optimizer's hot path (see :meth:`Stiefel.rattle`), and the released o-CoLA scripts'
-  SHAKE for comparisons (``Stiefel(paper=True)``).
+* a fused RATTLE step (SHAKE plus velocity projection, products shared, no kick projection needed),
+  the A sub-step of the samplers (with ``geodesic=False``) and of the optimizer alike through
+  :func:`~manifold_langevin.integrators.substeps.drift` (see :meth:`Stiefel.rattle`), and the
+  released o-CoLA scripts' SHAKE for comparisons (``Stiefel(paper=True)``).
 
 References:
     A. Edelman, T. A. Arias, S. T. Smith, "The geometry of algorithms with orthogonality
@@ -461,7 +462,11 @@ class Stiefel(ConstrainedManifold):
         sync), chosen from measurements (see ``_RATTLE_ITERS``): in float32 the tolerance is
         reached for random steps up to a spectral size :math:`|\delta P U|_2` of about 0.3 for
         ``p >= 128`` (3 iterations) and 0.5 below (9), in float64 about 0.3 to 0.5 (12 and 24);
-        ``max_iter`` (here or in the constructor) overrides it. Larger steps are flagged.
+        ``max_iter`` (here or in the constructor) overrides it. Larger steps are flagged (for
+        ``p > 8`` this contraction reaches less far than :meth:`shake`'s Newton iteration, which
+        converges up to a spectral step of about 0.5 in float64 and 0.8 in float32: a sampler
+        that takes RATTLE steps that large should raise ``max_iter`` or keep the default exact
+        geodesic).
         Convergence is judged on the residual of ``x'`` itself, computed directly.
 
         The velocity is :math:`p' = (d - x'\,\mathrm{sym}(M))/\delta` with :math:`d = x' - T`

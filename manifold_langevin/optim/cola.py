@@ -299,12 +299,13 @@ def _ud_manifold(
     m, x, p, grad, kick_h, h, c1, c2, generator, geodesic, substeps, fuse, scratch=None
 ):
     """B(kick_h) A(h/2) O(h) A(h/2); returns ``(x, p, ok)``."""
-    rattle = _rattle_of(m, geodesic)
-    if rattle is None:
+    geodesic = geodesic and m.has_geodesic
+    if geodesic or not isinstance(m, Stiefel):
         p = kick(m, x, p, grad, -kick_h)
     else:
         # the kick's projection is left out: a RATTLE step depends on the momentum only through
-        # its tangent part (see Stiefel.rattle), so B followed by A is the same map without it
+        # its tangent part, and Stiefel's fused step absorbs a normal part exactly in its first
+        # multiplier guess (see Stiefel.rattle), so B followed by A is the same map without it
         p = torch.add(p, grad, alpha=-kick_h)
     if c2 == 0.0 and fuse:
         # A(h/2) O A(h/2) with a noiseless O is one flow of time (1 + c1) h / 2 followed by the
@@ -312,37 +313,11 @@ def _ud_manifold(
         # for time c1 t, with the velocity scaled by c1): exact for geodesics; with RATTLE it is
         # one SHAKE solve instead of two, the two agreeing to O(h^3) per step
         t = 0.5 * (1.0 + c1) * h
-        if rattle is not None:
-            return _rattle_drift(rattle, x, p, t, substeps, scale=c1, scratch=scratch)
-        x, p, ok = drift(m, x, p, t, substeps=substeps, geodesic=geodesic)
-        return x, ornstein_uhlenbeck(m, x, p, c1, 0.0), ok
-    if rattle is not None:
-        x, p, ok = _rattle_drift(rattle, x, p, 0.5 * h, substeps, scratch=scratch)
-        p = ornstein_uhlenbeck(m, x, p, c1, c2, generator)
-        x, p, ok2 = _rattle_drift(rattle, x, p, 0.5 * h, substeps, scratch=scratch)
-        return x, p, ok & ok2
-    x, p, ok = drift(m, x, p, 0.5 * h, substeps=substeps, geodesic=geodesic)
+        return drift(m, x, p, t, substeps=substeps, geodesic=geodesic, scale=c1, scratch=scratch)
+    x, p, ok = drift(m, x, p, 0.5 * h, substeps=substeps, geodesic=geodesic, scratch=scratch)
     p = ornstein_uhlenbeck(m, x, p, c1, c2, generator)
-    x, p, ok2 = drift(m, x, p, 0.5 * h, substeps=substeps, geodesic=geodesic)
+    x, p, ok2 = drift(m, x, p, 0.5 * h, substeps=substeps, geodesic=geodesic, scratch=scratch)
     return x, p, ok & ok2
-
-
-def _rattle_of(m, geodesic):
-    """:meth:`Stiefel.rattle` when the A step is RATTLE on a Stiefel manifold, else None."""
-    if (geodesic and m.has_geodesic) or not isinstance(m, Stiefel):
-        return None
-    return m.rattle
-
-
-def _rattle_drift(rattle, x, p, h, substeps, scale=1.0, scratch=None):
-    """A by ``substeps`` fused RATTLE steps (:func:`drift` without a geodesic, products shared);
-    the returned momentum is multiplied by ``scale``."""
-    dt = h / substeps
-    ok = None
-    for i in range(substeps):
-        x, p, ok_i = rattle(x, p, dt, scale=scale if i == substeps - 1 else 1.0, scratch=scratch)
-        ok = ok_i if ok is None else ok & ok_i
-    return x, p, ok
 
 
 def _subdivide(m, start, new, run, noise, substeps):

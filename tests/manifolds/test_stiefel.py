@@ -541,3 +541,73 @@ def test_rattle_step_properties(n, k, batch, dtype, step, seed):
     speed = float(v1.abs().max()) if v1.numel() else 1.0
     assert (_rel_tangent(m, x1, v1) <= 100 * _eps(dtype) * max(n, k) * (1 + speed)).all()
     assert torch.allclose(x2, x0, atol=4 * tol, rtol=0)
+
+
+# ----------------------------------------------------------------------------- fused RATTLE
+@pytest.mark.parametrize("shape", [*SHAPES, (130, 128), (128, 200)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_fused_rattle_is_shake_then_projection(shape, dtype):
+    """``Stiefel.rattle`` (the fused step both the samplers and CoLA take) gives the map of the
+    generic ``ConstrainedManifold.rattle`` (SHAKE to tolerance, then the velocity projection),
+    sees only the tangent part of the momentum and applies ``scale``. Two shapes have
+    ``p >= 128``, where the velocity's product is assembled from the solve's pieces."""
+    batch = (2,) if min(shape) >= 128 else BATCH
+    # spectral step size 0.2: inside the range the fixed budgets are measured for (see
+    # _RATTLE_ITERS; at 0.3 the p >= 128 budgets are at their edge)
+    m, x, v = _setup(shape, dtype, step=0.2, batch=batch)
+    h, scale = 0.7, 0.9
+    tol = m.tolerance(x)
+    # a normal part T Sigma (Sigma symmetric), as the optimizer's unprojected kick leaves
+    sym = torch.randn((*batch, min(shape), min(shape)), dtype=dtype, generator=_gen(5))
+    sym = sym + sym.mT
+    sym = sym * (0.1 / torch.linalg.matrix_norm(sym, ord=2))[..., None, None]  # |h Sigma|_2 = 0.1
+    t = _tall(x)
+    normal = t @ sym / h
+    normal = normal.mT if shape[0] < shape[1] else normal
+    x1, p1, ok1 = m.rattle(x, v / h + normal, h, scale=scale)
+    x2, p2, ok2 = Stiefel.__mro__[1].rattle(m, x, v / h, h, scale=scale)  # the generic step
+    assert ok1.shape == batch and ok1.all() and ok2.all()
+    assert (m.residual_norm(x1) <= tol).all()
+    # both solve the same equations to the tolerance, so the points agree to a few tolerances
+    # and the velocities to that divided by the step
+    assert (x1 - x2).abs().max() <= 4 * tol
+    assert (p1 - p2).abs().max() <= 4 * tol / h + 100 * _eps(dtype)
+    speed = float(p1.abs().max())
+    assert (_rel_tangent(m, x1, p1) <= 100 * _eps(dtype) * max(shape) * (1 + speed)).all()
+
+
+def test_fused_rattle_budget_edge_is_flagged_and_max_iter_extends_it():
+    """At the edge of the fixed budget (float64, p >= 128, spectral step 0.3) the step is
+    flagged, never silently accepted; a larger ``max_iter`` converges."""
+    m, x, v = _setup((130, 128), torch.float64, step=0.3, batch=(2,))
+    x1, _, ok = m.rattle(x, v, 1.0)
+    assert (ok == (m.residual_norm(x1) <= m.tolerance(x))).all()
+    assert not ok.all()
+    x2, _, ok2 = m.rattle(x, v, 1.0, max_iter=24)
+    assert ok2.all() and (m.residual_norm(x2) <= m.tolerance(x)).all()
+
+
+def test_sampler_and_optimizer_share_the_rattle_step(monkeypatch):
+    """The A step of the samplers (``substeps.drift``) and of CoLA go through
+    ``manifold.rattle``: one implementation of the constrained drift."""
+    from manifold_langevin import Langevin
+    from manifold_langevin.optim import CoLA
+
+    calls = []
+    original = Stiefel.rattle
+
+    def counting(self, *args, **kwargs):
+        calls.append(args[0].shape)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Stiefel, "rattle", counting)
+    m = Stiefel()
+    x0 = m.random(4, 5, 2, dtype=torch.float64, generator=_gen(0))
+    sampler = Langevin(m, potential=lambda x: -x[..., 0, 0], step_size=0.1, geodesic=False)
+    sampler.sample(x0, n_steps=3, generator=_gen(1))
+    assert len(calls) >= 6  # two A half-steps per step
+    calls.clear()
+    w = torch.nn.Parameter(m.random(5, 3, dtype=torch.float64, generator=_gen(2)))
+    opt = CoLA([{"params": [w], "constraint": "orthogonal"}], lr=0.1, seed=0)
+    w.grad = torch.ones_like(w)
+    opt.step()
+    assert calls == [torch.Size([1, 5, 3])]
