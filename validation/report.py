@@ -293,6 +293,14 @@ def _environment_line(env: dict, dtype: str) -> str:
     )
 
 
+def _load_note(env: dict) -> str:
+    """Whether the machine ran other jobs during the benchmark, read from its load average."""
+    load = env.get("load_average")
+    if load and max(load) > env["threads"] + 0.5:
+        return "The machine was shared with other jobs (see the load average)"
+    return "The machine ran nothing else (the load average is the benchmark's own thread)"
+
+
 def _optim_case_table(rec: dict) -> str:
     unit = rec.get("unit")
     head = "| method | median ms | quartiles ms | time / " + rec["baseline"]
@@ -356,6 +364,15 @@ def _meq(opt: dict, case: str, method: str) -> float:
 #: why a target of ``bench_optim.TARGETS`` is missed, by target name: hand-written readings of
 #: the measured numbers (filled in from the JSON), shown only for the targets not met
 MISSES = {
+    "circle_vs_sgd": lambda o: (
+        "**Compiled circle step against SGD.** "
+        f"{_ratio(o, 'circle_1e6', 'cola_compiled', 'sgd_momentum'):.2f}x SGD-momentum's time on "
+        "10^6 weights: the fused loop moves about twice SGD's bytes (four state arrays and the "
+        "gradient) and spends most of its time in the rotation's `sin` and `cos`, so it sits at "
+        "the edge of the 3x target (two full runs on this 2-core machine measured 2.71x, loaded, "
+        "and 3.07x, idle). The Python around the kernel (the finiteness check, "
+        "dynamo's guards) adds a fixed cost per step on top."
+    ),
     "circle_vs_sgd_eager": lambda o: (
         "**Eager circle step against SGD.** The exact rotation costs some 20 elementwise passes "
         "per weight, including a `sin` and a `cos`, against SGD-momentum's two fused passes: "
@@ -378,7 +395,7 @@ MISSES = {
     "ortho_vs_paper_released": lambda o: (
         "**Orthogonal step against the released step.** "
         f"{_ratio(o, 'ortho_1024x1024', 'paper_released', 'cola'):.2f}x at 1024 x 1024, "
-        "within the noise of the 3x target on a loaded machine."
+        "within the run-to-run noise of the 3x target."
     ),
     "ortho_vs_geoopt": lambda o: (
         "**Orthogonal step against geoopt's `EuclideanStiefel`.** geoopt's `RiemannianSGD` step "
@@ -462,8 +479,8 @@ so the *ratios* within a case are the measurement; the absolute times depend on 
 Environment: {_environment_line(opt["environment"], opt["dtype"])}; up to {opt["reps"]}
 repetitions per method (cases stop early after a time budget).
 
-The machine was shared with other jobs (see the load average): compare ratios within a case, not
-absolute times across cases, which ran minutes apart. Every constrained method here runs at zero
+{_load_note(opt["environment"])}: compare ratios within a case, not absolute times across
+cases, which ran minutes apart. Every constrained method here runs at zero
 temperature (no noise). A *matmul-equivalent* is the step's time divided by the time of one
 `(N x p) @ (p x p)` product of the same shape and dtype (`N x p` the tall form), measured in the
 same rotation.
