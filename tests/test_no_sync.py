@@ -160,39 +160,26 @@ def test_cola_step_has_no_host_sync(guard, params, config):
     assert opt.n_rejected() == 0
 
 
-def test_the_default_mode_reads_one_flag_per_step(monkeypatch):
+@pytest.mark.parametrize(
+    "params, options",
+    [
+        # on_nonfinite="raise" (the default): the all-gradients-finite flag, before any change
+        (("circle", "orthogonal"), {}),
+        # on_failure="subdivide": did any solve fail? (retries, which read more, only on failure)
+        (("orthogonal", "sphere_and_objects"), {"on_nonfinite": "mask", "on_failure": "subdivide"}),
+    ],
+    ids=["default", "subdivide"],
+)
+def test_strict_modes_read_one_flag_per_step(monkeypatch, params, options):
     guard = SyncGuard(monkeypatch, strict=False)
-    groups = _param_sets()["circle"] + _param_sets()["orthogonal"]
-    opt = CoLA(groups, lr=0.05, friction=1.0, temperature=1e-3, seed=0)  # on_nonfinite="raise"
+    groups = [g for name in params for g in _param_sets()[name]]
+    opt = CoLA(groups, lr=0.05, friction=1.0, temperature=1e-3, seed=0, **options)
     _grads(opt, 0)
     opt.step()
     for k in range(1, 4):
         _grads(opt, k)
         with guard:
             opt.step()
-    # one read per step: the all-gradients-finite flag, before anything is changed
-    assert len(guard.calls) == 3, [c[0] for c in guard.calls]
-
-
-def test_subdivide_mode_reads_one_flag_per_step(monkeypatch):
-    guard = SyncGuard(monkeypatch, strict=False)
-    groups = _param_sets()["orthogonal"] + _param_sets()["sphere_and_objects"]
-    opt = CoLA(
-        groups,
-        lr=0.05,
-        friction=1.0,
-        temperature=1e-3,
-        on_nonfinite="mask",
-        on_failure="subdivide",
-        seed=0,
-    )
-    _grads(opt, 0)
-    opt.step()
-    for k in range(1, 4):
-        _grads(opt, k)
-        with guard:
-            opt.step()
-    # one read per step (did any solve fail?); retries, which read more, happen only on failure
     assert len(guard.calls) == 3, [c[0] for c in guard.calls]
     assert opt.n_rejected() == 0
 

@@ -77,7 +77,7 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+def timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
     """A function that runs ``fn`` once and returns its duration in seconds.
 
     CPU: ``time.perf_counter`` around the call. CUDA: two CUDA events recorded around the call on
@@ -123,7 +123,7 @@ def time_methods(
         budget_s: stop early (after at least 5 repetitions) once this much time has passed.
         label: show a progress bar over the repetitions (on stderr) with this description.
     """
-    timer = _timer(device)
+    clock = timer(device)
     names = list(methods)
     for name in names:
         for _ in range(warmup):
@@ -135,7 +135,7 @@ def time_methods(
     for r in range(reps):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            times[name].append(timer(methods[name]))
+            times[name].append(clock(methods[name]))
         bar.update()
         if budget_s is not None and r >= 4 and time.perf_counter() - start > budget_s:
             break
@@ -516,7 +516,9 @@ TARGETS = (
 )  # fmt: skip
 
 
-def _environment(device: torch.device) -> dict:
+def environment(device: torch.device) -> dict:
+    """Versions, device, threads and load average: the context a timing needs (also used by
+    ``bench_sampler``)."""
     env = {
         "torch": torch.__version__,
         "geoopt": getattr(geoopt, "__version__", "?"),
@@ -581,7 +583,7 @@ def run(
         "quick": quick,
         "dtype": str(dtype).replace("torch.", ""),
         "reps": reps,
-        "environment": _environment(dev),
+        "environment": environment(dev),
         "cases": records,
         "targets": evaluate_targets(records),
     }

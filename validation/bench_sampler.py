@@ -26,17 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 import manifold_langevin as ml
+from validation.bench_optim import environment, timer
 
 __all__ = ["SWEEPS", "main", "measure", "run"]
 
@@ -123,13 +121,13 @@ def measure(
     x0 = make_x0(n_chains)
     obs = {"x0": lambda x: x[..., 0] if kind == "sphere" else x[..., 0, 0]}
     gen = torch.Generator(device=dev).manual_seed(seed)
-    sampler.sample(x0, 2, observables=obs, generator=gen)  # warm-up (allocations, autograd)
-    times, failures = [], 0
+    kwargs = {"observables": obs, "generator": gen}
+    sampler.sample(x0, 2, **kwargs)  # warm-up (allocations, autograd)
+    # (CUDA events on a GPU, perf_counter on CPU: the same clock as bench_optim)
+    clock, times, outs = timer(dev), [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = sampler.sample(x0, n_steps, observables=obs, generator=gen)
-        times.append(time.perf_counter() - t0)
-        failures += out.n_failures
+        times.append(clock(lambda: outs.append(sampler.sample(x0, n_steps, **kwargs))))
+    failures = sum(out.n_failures for out in outs)
     t = statistics.median(times)
     return {
         "manifold": kind,
@@ -180,16 +178,7 @@ def run(
             rows.append(r)
             if log:
                 log(_fmt(r))
-    env = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": device,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-    }
-    if hasattr(os, "getloadavg"):
-        env["load_average"] = list(os.getloadavg())
+    env = environment(torch.device(device))
     return {
         "schema_version": SCHEMA_VERSION,
         "benchmark": "bench_sampler",

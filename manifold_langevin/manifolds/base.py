@@ -69,6 +69,9 @@ class ConstrainedManifold(geoopt.Manifold):
     Attributes:
         ndim: number of trailing event dimensions of a point.
         has_geodesic: whether :meth:`geodesic` is an exact closed form.
+        rattle_absorbs_normal: whether :meth:`rattle` absorbs a normal part of the momentum
+            exactly in its starting guess (then a kick before it may skip its projection at no
+            cost in convergence; the generic SHAKE starts from zero multipliers instead).
         max_iter: iteration budget of the SHAKE solve.
         newton: ``True`` for Newton, ``False`` for simplified Newton (the iteration matrix
             ``J(x~) J(x)^T`` is formed once, at the unconstrained point, and reused).
@@ -78,6 +81,7 @@ class ConstrainedManifold(geoopt.Manifold):
     name = "Constrained"
     reversible = False
     has_geodesic = False
+    rattle_absorbs_normal = False
 
     def __init__(self, *, tol: float | None = None, max_iter: int = 12, newton: bool = True):
         super().__init__()

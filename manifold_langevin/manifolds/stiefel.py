@@ -216,6 +216,7 @@ class Stiefel(ConstrainedManifold):
     ndim = 2
     name = "Stiefel"
     has_geodesic = True
+    rattle_absorbs_normal = True  # the fused step's Lambda_0 (see rattle)
 
     def __init__(
         self,

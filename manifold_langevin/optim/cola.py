@@ -300,12 +300,12 @@ def _ud_manifold(
 ):
     """B(kick_h) A(h/2) O(h) A(h/2); returns ``(x, p, ok)``."""
     geodesic = geodesic and m.has_geodesic
-    if geodesic or not isinstance(m, Stiefel):
+    if geodesic or not m.rattle_absorbs_normal:
         p = kick(m, x, p, grad, -kick_h)
     else:
         # the kick's projection is left out: a RATTLE step depends on the momentum only through
-        # its tangent part, and Stiefel's fused step absorbs a normal part exactly in its first
-        # multiplier guess (see Stiefel.rattle), so B followed by A is the same map without it
+        # its tangent part, and this manifold's step absorbs a normal part exactly in its first
+        # multiplier guess (e.g. Stiefel.rattle), so B followed by A is the same map without it
         p = torch.add(p, grad, alpha=-kick_h)
     if c2 == 0.0 and fuse:
         # A(h/2) O A(h/2) with a noiseless O is one flow of time (1 + c1) h / 2 followed by the
