@@ -48,6 +48,7 @@ def drift(
     geodesic: bool = True,
     scale: float = 1.0,
     scratch: dict | None = None,
+    project: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A: move ``(x, p)`` for time ``h`` along the constrained free flow.
 
@@ -61,6 +62,9 @@ def drift(
         geodesic: use the manifold's closed-form geodesic when it has one.
         scale: factor applied to the returned momentum (a damping folded into the last step).
         scratch: reusable buffers, passed on to ``manifold.rattle``.
+        project: ``False`` leaves RATTLE's velocities unprojected (``manifold.rattle``'s
+            ``project``; a geodesic's velocity is tangent anyway): only for callers whose next
+            use of ``p'`` sees its tangent part alone.
 
     Returns:
         ``(x', p', ok)`` with ``ok`` a per-chain boolean: every SHAKE solve converged (for a
@@ -76,7 +80,9 @@ def drift(
     ok = None
     for k in range(substeps):
         last = k == substeps - 1
-        x, p, ok_k = manifold.rattle(x, p, dt, scale=scale if last else 1.0, scratch=scratch)
+        x, p, ok_k = manifold.rattle(
+            x, p, dt, scale=scale if last else 1.0, scratch=scratch, project=project
+        )
         ok = ok_k if ok is None else ok & ok_k
     return x, p, ok
 

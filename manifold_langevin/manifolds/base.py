@@ -172,6 +172,7 @@ class ConstrainedManifold(geoopt.Manifold):
         scale: float = 1.0,
         max_iter: int | None = None,
         scratch: dict | None = None,
+        project: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         r"""One RATTLE step of size ``dt``: :meth:`shake` from ``x + dt p``, then the velocity
         :math:`p' = P(x')\,(x' - x)/dt`, multiplied by ``scale``.
@@ -188,12 +189,16 @@ class ConstrainedManifold(geoopt.Manifold):
             scale: factor applied to the returned momentum.
             max_iter: SHAKE iteration budget (default: the manifold's).
             scratch: reusable buffers for overrides that keep temporaries (ignored here).
+            project: ``False`` skips the velocity's tangent projection (``p' = (x' - x)/dt``),
+                for callers whose next use of ``p'`` only sees its tangent part.
 
         Returns:
             ``(x', p', converged)`` as :meth:`shake` returns them.
         """
         x_new, ok = self.shake(x, x + dt * p, max_iter=max_iter)
-        p_new = self.proju(x_new, (x_new - x) / dt)
+        p_new = (x_new - x) / dt
+        if project:
+            p_new = self.proju(x_new, p_new)
         if not (isinstance(scale, (int, float)) and scale == 1.0):
             p_new = scale * p_new
         return x_new, p_new, ok

@@ -58,18 +58,24 @@ _DEFAULT_ITERS = {
     torch.bfloat16: (3, 8),
 }
 # Iterations of the fused RATTLE step (:meth:`Stiefel.rattle`) for p > 8: the contraction in p x p
-# space from Lambda_0 = -(A - I)/2 - dt sym(S), one p x p x p product each. Measured (64 random
-# tangent steps of spectral size s per case, plus a normal part, which changes nothing), iterations
-# until the residual is below the tolerance:
-#   float32: 20 x 10: 2 at s = 0.1, 5 at 0.3, 9 at 0.5;  64 x 16: 2, 4, 6;  256 x 256: 1, 3, 4;
-#   float64: 20 x 10: 8 at s = 0.1, 15 at 0.3, 23 at 0.5; 64 x 16: 7, 12, 18; 256 x 256: 4, 8, 12.
-# A rank-2 rotation converges like the small matrices. The p x p x p products are negligible next
-# to the N x p x p ones (and to the per-call overhead) below p = 128, so small frames get the budget
-# for s = 0.5; from p = 128 on, each iteration costs as much as a sixth of the rest of the step,
-# and the budget is the one measured for s = 0.3 at 256 x 256. ``max_iter`` overrides both.
+# space from its second-order start, one p x p x p product each. Measured by
+# ``python -m validation.rattle_budget`` (validation/results/rattle_budget.json): iterations
+# until every trial (random tangent steps of spectral size s; a normal part changes nothing) is
+# within the tolerance, at s = 0.1 / 0.2 / 0.3 / 0.5:
+#   float32: 1024 x 1024 and 4608 x 512: 0 / 1 / 1 / 2;  256 x 256 and 512 x 128: 0-1 / 1 / 2 / 3;
+#            near-square 130 x 128: 1 / 2 / 3 / 6;  20 x 10: 2 / 3 / 4 / 7;  12 x 10: 2 / 3 / 5 / 9;
+#   float64: 1024 x 1024: 3 / 5 / 6 / 10;  512 x 128: 6 / 8 / 10 / 15;
+#            near-square 130 x 128 and 260 x 256: 7 / 10 / 14-15 / 27-28;
+#            20 x 10: 7 / 10 / 13 / 21;  12 x 10: 7 / 11 / 16 / 30.
+# Near-square frames are the slowest. Below p = 128 the p x p x p products are negligible next to
+# the N x p x p ones and to the per-call overhead, and the budgets are generous (float32 s = 0.5,
+# float64 s = 0.3); from p = 128 on, each iteration costs as much as a sixth of the rest of a
+# square step, and the budget covers s = 0.2 for every shape (0.3 for square and tall frames in
+# float32). Half precisions are not measured and keep the budgets of the earlier, weaker start
+# (one iteration more than float32's then). ``max_iter`` overrides all of them.
 _RATTLE_ITERS = {  # dtype: (p < 128, p >= 128)
-    torch.float64: (24, 12),
-    torch.float32: (9, 3),
+    torch.float64: (22, 10),
+    torch.float32: (9, 2),
     torch.float16: (6, 3),
     torch.bfloat16: (6, 3),
 }
@@ -434,6 +440,7 @@ class Stiefel(ConstrainedManifold):
         scale: float = 1.0,
         max_iter: int | None = None,
         scratch: dict | None = None,
+        project: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         r"""One RATTLE step of size ``dt``, fused: SHAKE, then the projected velocity.
 
@@ -444,31 +451,41 @@ class Stiefel(ConstrainedManifold):
         ``p'`` depend on ``p`` through its tangent part alone, and a kick
         :math:`P(x)(p + hF)` followed by this step may skip its projection.
 
-        With ``T`` the tall form of ``x``, ``U`` that of ``p``, :math:`A = T^\top T`,
-        :math:`S = T^\top U`, :math:`Q = U^\top U`, the SHAKE condition for
-        :math:`T' = T + \delta U + T\Lambda` is
+        With ``T`` the tall form of ``x``, ``U`` that of ``p``, :math:`\tilde T = T + \delta U`,
+        :math:`A = T^\top T`, :math:`B = T^\top \tilde T` and
+        :math:`C = \tilde T^\top \tilde T - I`, the SHAKE condition for
+        :math:`T' = \tilde T + T\Lambda` is
 
-        .. math::
-            F(\Lambda) = \Lambda A \Lambda + B^\top \Lambda + \Lambda B + C = 0, \quad
-            B = A + \delta S, \quad C = A - I + \delta (S + S^\top) + \delta^2 Q.
+        .. math::  F(\Lambda) = \Lambda A \Lambda + B^\top \Lambda + \Lambda B + C = 0.
 
         It is solved by the contraction :math:`\Lambda \leftarrow \Lambda - F(\Lambda)/2` (the
         released scripts' iteration, here on ``p x p`` matrices: one product each, with
         :math:`\Lambda A \Lambda` taken as :math:`\Lambda^2`, a change of
-        :math:`\Lambda (A - I) \Lambda`, far below the tolerance) from
-        :math:`\Lambda_0 = -(A - I)/2 - \delta\,\mathrm{sym}(S)`, which absorbs the normal part
-        of ``U``; the error then shrinks by about :math:`\delta |\mathrm{skew}(S)|` per
-        iteration. For ``p <= 8`` (and ``newton=True``) the iteration is Newton's instead, with
-        the exact ``p^2 x p^2`` Lyapunov solve of :meth:`shake`. The budget is fixed (no host
-        sync), chosen from measurements (see ``_RATTLE_ITERS``): in float32 the tolerance is
-        reached for random steps up to a spectral size :math:`|\delta P U|_2` of about 0.3 for
-        ``p >= 128`` (3 iterations) and 0.5 below (9), in float64 about 0.3 to 0.5 (12 and 24);
-        ``max_iter`` (here or in the constructor) overrides it. Larger steps are flagged (for
-        ``p > 8`` this contraction reaches less far than :meth:`shake`'s Newton iteration, which
-        converges up to a spectral step of about 0.5 in float64 and 0.8 in float32: a sampler
-        that takes RATTLE steps that large should raise ``max_iter`` or keep the default exact
-        geodesic).
-        Convergence is judged on the residual of ``x'`` itself, computed directly.
+        :math:`\Lambda (A - I) \Lambda`, far below the tolerance). ``A`` is never formed: it
+        enters ``F`` only through that term. The start is correct to second order in the step,
+        for any normal part: with :math:`\Sigma_\delta = \mathrm{sym}(B) - I` (the normal part
+        of :math:`\delta U` plus the residual :math:`A - I`) and
+        :math:`W = \mathrm{skew}(B)` (its rotational part),
+
+        .. math::  \Lambda_0 = -C/2 + \mathrm{sym}\big(\Sigma_\delta (\Sigma_\delta/2 + W)\big),
+
+        where :math:`-C/2` alone is the second-order solution of a tangent step and the product
+        removes the second-order terms a normal part adds to it. Since the iteration is the same
+        in the multiplier shifted by a normal part, the iteration count then depends on the
+        tangent part alone (measured: identical with and without a normal part); the error
+        shrinks by about :math:`\delta |\mathrm{skew}(T^\top U)|` per iteration. For ``p <= 8``
+        (and ``newton=True``) the iteration is Newton's instead, with the exact ``p^2 x p^2``
+        Lyapunov solve of :meth:`shake`. The budget is fixed (no host sync), chosen from
+        measurements (``python -m validation.rattle_budget``; see ``_RATTLE_ITERS``): in
+        float32 the tolerance is reached for random steps up to a spectral size
+        :math:`|\delta P U|_2` of 0.2 for ``p >= 128`` (2 iterations; 0.3 unless the frame is
+        near-square) and 0.5 below (9), in float64 up to 0.2 for ``p >= 128`` (10) and 0.3 below
+        (22); ``max_iter`` (here or in the constructor) overrides it. Larger steps are flagged
+        (for ``p > 8`` this contraction reaches less far than :meth:`shake`'s Newton
+        iteration, which converges up to a spectral step of about 0.5 in float64 and 0.8 in
+        float32: a sampler that takes RATTLE steps that large should raise ``max_iter`` or keep
+        the default exact geodesic). Convergence is judged on the residual of ``x'`` itself,
+        computed directly.
 
         The velocity is :math:`p' = (d - x'\,\mathrm{sym}(M))/\delta` with :math:`d = x' - T`
         and :math:`M = x'^\top d`. From ``p >= 128`` on, ``M`` is assembled as
@@ -477,11 +494,11 @@ class Stiefel(ConstrainedManifold):
         error along the normals :math:`x'\,\mathrm{sym}(\cdot)` of order
         :math:`\varepsilon\sqrt N/\delta`, which no later RATTLE step sees (see above).
 
-        Cost: ``A``, ``S``, ``Q``, ``x'``, the residual and the projection are six
-        ``N x p x p`` products (seven below ``p = 128``), and each iteration adds one
-        ``p x p x p`` product: 9 products for a square ``1024 x 1024`` float32 matrix (SHAKE
-        followed by :meth:`proju` takes 23 with Newton and 25 with the released scripts'
-        iteration). Large transposes go through :func:`_transposed`.
+        Cost: ``B``, ``C``, ``x'``, the residual and the projection are five ``N x p x p``
+        products (six below ``p = 128``); the start and each iteration add one ``p x p x p``
+        product: 8 products for a square ``1024 x 1024`` float32 matrix (SHAKE followed by
+        :meth:`proju` takes 23 with Newton and 25 with the released scripts' iteration). Large
+        transposes go through :func:`_transposed`.
 
         Args:
             x: points, shape ``(..., n, k)``, on the manifold to tolerance.
@@ -492,10 +509,16 @@ class Stiefel(ConstrainedManifold):
             scratch: optional dict, owned by the caller, in which the ``p x p`` temporaries are
                 kept from one call to the next (on CPU a fresh multi-megabyte buffer costs page
                 faults worth several elementwise passes). The results never alias it.
+            project: ``False`` returns the velocity ``scale * (x_new - x) / dt`` without its
+                tangent projection, saving the projection's product (two below ``p = 128``).
+                Its tangent part is the RATTLE velocity; its normal part is
+                :math:`O(\delta |p|^2)` and harmless to a caller whose next use of it is another
+                RATTLE step (which sees only the tangent part, see above) or a linear map such as
+                the O step: CoLA does this. ``paper=True`` always projects.
 
         Returns:
             ``(x_new, p_new, converged)`` as :meth:`shake` returns them; ``p_new`` is
-            ``scale * P(x_new)((x_new - x) / dt)``.
+            ``scale * P(x_new)((x_new - x) / dt)`` (without ``P`` if ``project=False``).
         """
         _check_matrix(x)
         if self.paper:  # the released scripts: project, SHAKE, project
@@ -513,22 +536,22 @@ class Stiefel(ConstrainedManifold):
         def buf(name):
             return _scratch_buffer(scratch, name, (t.shape[0], k, k), t)
 
-        a = torch.bmm(t.mT, t, out=buf("a"))
-        b = torch.bmm(t.mT, u, out=buf("b"))
-        b = torch.add(a, b, alpha=dt, out=b)  # B = T^T T~ = A + dt S
-        q = torch.bmm(u.mT, u, out=buf("q"))
-        tmp = _transposed(a, out=buf("tmp"))
-        bt = _transposed(b, out=buf("bt"))
-        a2 = a.add_(tmp)  # 2 sym(A)
-        c = q.add_(_transposed(q, out=tmp)).mul_(0.5 * dt * dt)  # dt^2 sym(Q)
-        b2 = torch.add(b, bt, out=tmp)  # 2 sym(A) + 2 dt sym(S)
-        # C = T~^T T~ - I = A - I + dt (S + S^T) + dt^2 Q, exactly symmetric
-        c.add_(b2).sub_(a2, alpha=0.5)
+        # T~ = T + dt U: it becomes x' in place below (the one N x p buffer returned)
+        x_new = torch.add(t, u, alpha=dt)
+        b = torch.bmm(t.mT, x_new, out=buf("b"))  # B = T^T T~
+        c = torch.bmm(x_new.mT, x_new, out=buf("c"))
+        tmp = _transposed(c, out=buf("tmp"))
+        c.add_(tmp).mul_(0.5)  # C = sym(T~^T T~) - I, exactly symmetric
         c.diagonal(dim1=-2, dim2=-1).sub_(1.0)
-        # Lambda_0 = -(A - I)/2 - dt sym(S) = (2 sym(A))/4 - (2 sym(B))/2 + I/2
-        lam = torch.add(a2, b2, alpha=-2.0, out=buf("lam") if exact else b).mul_(0.25)
-        lam.diagonal(dim1=-2, dim2=-1).add_(0.5)
-        h, g = a, buf("g")  # (A and B + B^T are not needed any more)
+        bt = _transposed(b, out=buf("bt"))
+        # Lambda_0 = -C/2 + sym(Sd (Sd/2 + W)) with Sd = sym(B) - I, W = skew(B)
+        sd = torch.add(b, bt, out=tmp).mul_(0.5)
+        sd.diagonal(dim1=-2, dim2=-1).sub_(1.0)
+        h = torch.add(b, bt, alpha=-1 / 3, out=buf("h")).mul_(0.75)  # (3B - B^T)/4
+        h.diagonal(dim1=-2, dim2=-1).sub_(0.5)  # Sd/2 + W
+        g = torch.bmm(sd, h, out=buf("g"))
+        lam = torch.add(g, _transposed(g, out=tmp), out=buf("lam")).mul_(0.5)
+        lam.sub_(c, alpha=0.5)
         for _ in range(iters):
             torch.add(bt, lam, alpha=0.5, out=h)
             torch.baddbmm(c, h, lam, beta=0.5, out=g)
@@ -537,18 +560,19 @@ class Stiefel(ConstrainedManifold):
                 lam.add_(_lyapunov_exact(b + lam, -f))
             else:
                 lam.sub_(f, alpha=0.5)
-        lam.diagonal(dim1=-2, dim2=-1).add_(1.0)  # I + Lambda
-        x_new = torch.baddbmm(u, t, lam, beta=dt)
+        x_new.baddbmm_(t, lam)  # x' = T~ + T Lambda
         d = x_new - t
         r = torch.bmm(x_new.mT, x_new, out=h)
-        if k >= _RATTLE_LARGE_P:
-            # M = x'^T (x' - T) = x'^T x' - B^T - Lambda A, with Lambda A taken as Lambda
-            m = torch.sub(r, bt, out=g).sub_(lam)
-            m.diagonal(dim1=-2, dim2=-1).add_(1.0)
+        if not project:
+            v = d.mul_(scale / dt)
         else:
-            m = torch.bmm(x_new.mT, d, out=g)
-        m.add_(_transposed(m, out=tmp))
-        v = d.baddbmm_(x_new, m, beta=scale / dt, alpha=-0.5 * scale / dt)
+            if k >= _RATTLE_LARGE_P:
+                # M = x'^T (x' - T) = x'^T x' - B^T - Lambda A, with Lambda A taken as Lambda
+                m = torch.sub(r, bt, out=g).sub_(lam)
+            else:
+                m = torch.bmm(x_new.mT, d, out=g)
+            m.add_(_transposed(m, out=tmp))
+            v = d.baddbmm_(x_new, m, beta=scale / dt, alpha=-0.5 * scale / dt)
         r.diagonal(dim1=-2, dim2=-1).sub_(1.0)
         res = r.abs_().amax(dim=(-2, -1))
         converged = torch.isfinite(res) & (res <= self.tolerance(x))

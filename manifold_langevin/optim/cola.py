@@ -65,13 +65,10 @@ Cost
 ----
 Same-shape matrices of a group are stacked into one batched solve. A Stiefel step at zero
 temperature is one fused RATTLE step (:meth:`~manifold_langevin.Stiefel.rattle`; the kick's
-tangent projection is left to it, since RATTLE only sees the tangent part of the momentum): six
-``N x p x p`` products plus three ``p x p x p`` ones, measured at about 10 matmul-equivalents for a
-1024 x 1024 float32 weight on CPU (the same step with the released scripts' SHAKE: about 25).
-With noise it is two RATTLE steps and a projected Gaussian. A circle step is some 20 elementwise
-passes per weight in cache-sized chunks (tens of SGD steps on CPU, where the exact rotation's
-``sin`` and ``cos`` dominate), or one compiled loop with ``compile=True`` (3 to 5 SGD steps).
-``validation/bench_optim.py`` measures all of this against SGD, geoopt and the paper's algorithm.
+tangent projection and the returned velocity's are left out, since RATTLE only sees the tangent
+part of the momentum): four ``N x p x p`` products plus three ``p x p x p`` ones, measured at
+about 7.5 matmul-equivalents for a 1024 x 1024 float32 weight on CPU (the same step with the
+released scripts' SHAKE: about 25).
 
 Distributed training
 --------------------
@@ -300,23 +297,26 @@ def _ud_manifold(
 ):
     """B(kick_h) A(h/2) O(h) A(h/2); returns ``(x, p, ok)``."""
     geodesic = geodesic and m.has_geodesic
-    if geodesic or not m.rattle_absorbs_normal:
-        p = kick(m, x, p, grad, -kick_h)
-    else:
-        # the kick's projection is left out: a RATTLE step depends on the momentum only through
-        # its tangent part, and this manifold's step absorbs a normal part exactly in its first
-        # multiplier guess (e.g. Stiefel.rattle), so B followed by A is the same map without it
+    lazy = not geodesic and m.rattle_absorbs_normal
+    if lazy:
+        # projections are left out: a RATTLE step depends on the momentum only through its
+        # tangent part, and this manifold's step absorbs a normal part exactly in its first
+        # multiplier guess (e.g. Stiefel.rattle), so B followed by A is the same map without the
+        # kick's projection, and the momentum RATTLE returns may keep its normal part too (the
+        # O step is linear and the next step's kick and RATTLE step see only the tangent part)
         p = torch.add(p, grad, alpha=-kick_h)
+    else:
+        p = kick(m, x, p, grad, -kick_h)
+    kw = {"substeps": substeps, "geodesic": geodesic, "scratch": scratch, "project": not lazy}
     if c2 == 0.0 and fuse:
         # A(h/2) O A(h/2) with a noiseless O is one flow of time (1 + c1) h / 2 followed by the
         # damping (the free flow with velocity c1 p for time t equals the flow with velocity p
         # for time c1 t, with the velocity scaled by c1): exact for geodesics; with RATTLE it is
         # one SHAKE solve instead of two, the two agreeing to O(h^3) per step
-        t = 0.5 * (1.0 + c1) * h
-        return drift(m, x, p, t, substeps=substeps, geodesic=geodesic, scale=c1, scratch=scratch)
-    x, p, ok = drift(m, x, p, 0.5 * h, substeps=substeps, geodesic=geodesic, scratch=scratch)
+        return drift(m, x, p, 0.5 * (1.0 + c1) * h, scale=c1, **kw)
+    x, p, ok = drift(m, x, p, 0.5 * h, **kw)
     p = ornstein_uhlenbeck(m, x, p, c1, c2, generator)
-    x, p, ok2 = drift(m, x, p, 0.5 * h, substeps=substeps, geodesic=geodesic, scratch=scratch)
+    x, p, ok2 = drift(m, x, p, 0.5 * h, **kw)
     return x, p, ok & ok2
 
 
@@ -548,7 +548,9 @@ class CoLA(Optimizer):
     circle step; ``"mask"`` rejects such entries).
 
     State (per parameter, in :meth:`state_dict`): ``step``, ``pending_kick`` (the carried
-    :math:`h/2`), ``momentum_buffer`` (``"ud"``), ``xi`` and ``xi_momentum`` (circles),
+    :math:`h/2`), ``momentum_buffer`` (``"ud"``; for an orthogonal weight stepped by RATTLE
+    it is stored before its tangent projection, which the next step makes redundant: the velocity
+    is its tangent part, ``Stiefel().proju(w, buf)``), ``xi`` and ``xi_momentum`` (circles),
     ``n_rejected`` (an int64 device counter); plus, under the ``"cola"`` key, the format version,
     the seed, :attr:`n_skipped`, the state of every noise generator and the parameter shapes.
 
