@@ -66,9 +66,9 @@ Cost
 Same-shape matrices of a group are stacked into one batched solve. A Stiefel step at zero
 temperature is one fused RATTLE step (:meth:`~manifold_langevin.Stiefel.rattle`; the kick's
 tangent projection and the returned velocity's are left out, since RATTLE only sees the tangent
-part of the momentum): four ``N x p x p`` products plus three ``p x p x p`` ones, measured at
-about 7.5 matmul-equivalents for a 1024 x 1024 float32 weight on CPU (the same step with the
-released scripts' SHAKE: about 25).
+part of the momentum): four ``N x p x p`` products (two of them Gram matrices formed from their
+upper blocks) plus three ``p x p x p`` ones, measured at about 7 matmul-equivalents for a
+1024 x 1024 float32 weight on CPU (the same step with the released scripts' SHAKE: about 25).
 
 Distributed training
 --------------------
@@ -568,7 +568,7 @@ class CoLA(Optimizer):
             ``geoopt.ManifoldParameter`` s always use their own manifold.
         radius: circle radius ``r`` (required for ``"circle"``) or sphere radius (default 1).
         geodesic: ``None`` chooses per manifold: circles and spheres rotate exactly, Stiefel uses
-            RATTLE (measured on CPU in float32, a fused RATTLE step costs about 10
+            RATTLE (measured on CPU in float32, a fused RATTLE step costs about 7
             matmul-equivalents at 1024x1024, the closed-form geodesic, a ``2k x 2k`` matrix
             exponential, 40 to 190 for shapes from 128x32 to 1024x1024), other manifolds their
             geodesic if they have one.
@@ -1001,7 +1001,7 @@ class CoLA(Optimizer):
         choice = group["geodesic"]
         if choice is not None:
             return bool(choice) and m.has_geodesic
-        # measured (CPU, float32): one fused Stiefel RATTLE step costs about 10
+        # measured (CPU, float32): one fused Stiefel RATTLE step costs about 7
         # matmul-equivalents at 1024x1024, the 2k x 2k matrix exponential of the geodesic 40-190
         # from 128x32 up to 1024x1024
         return m.has_geodesic and not isinstance(m, Stiefel)
