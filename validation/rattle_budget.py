@@ -74,13 +74,15 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS / "rattle_budget.json")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="two small shapes: seconds")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     m = Stiefel()
     rows = []
     start = time.perf_counter()
+    shapes = [(20, 10), (66, 64)] if args.quick else SHAPES
     for dname, dtype in DTYPES.items():
-        for n, k in SHAPES:
+        for n, k in shapes:
             if dtype == torch.float64 and (n, k) == (1030, 1024):
                 continue  # 260 x 256 stands for near-square frames (float64 is slow here)
             trials = 4 if n * k > 100_000 else 16

@@ -99,6 +99,21 @@ def test_drift_keeps_state_on_manifold_and_tangent(case, dtype):
     assert (jp <= 1e3 * torch.finfo(dtype).eps * (1 + _scale(p1, m) * _scale(x1, m))).all()
 
 
+def test_drift_without_projection_only_skips_it(case, dtype):
+    """``project=False`` (what CoLA passes when the manifold absorbs normal momenta): the same
+    points, and velocities whose tangent projection is the projected drift's."""
+    m, x, p = _setup(case, dtype)
+    x1, p1, ok1 = drift(m, x, p, 0.1, substeps=2, geodesic=False)
+    x2, p2, ok2 = drift(m, x, p, 0.1, substeps=2, geodesic=False, project=False)
+    assert ok1.all() and ok2.all()
+    tol = 10 * m.tolerance(x)
+    assert torch.allclose(x2, x1, atol=tol * float(_scale(x, m).max()), rtol=0)
+    speed = float(_scale(p1, m).max()) + 1.0
+    assert torch.allclose(m.proju(x2, p2), p1, atol=tol * speed / 0.05, rtol=0)
+    # and the projection was skipped: the chord velocity has a normal part O(h |p|^2)
+    assert (p2 - p1).abs().max() > 1e3 * torch.finfo(dtype).eps * speed
+
+
 def test_geodesic_is_the_limit_of_rattle(case):
     m, x, p = _setup(case, torch.float64)
     if not m.has_geodesic:
