@@ -89,6 +89,32 @@ def test_step_compiles_without_graph_breaks(kind):
     assert opt.n_rejected() == 0
 
 
+def test_wide_orthogonal_step_compiles_without_graph_breaks():
+    """A frame with ``p >= 256`` takes the blocked Gram products of ``Stiefel.rattle``; they
+    trace too (a product written straight into a block view would be a graph break)."""
+    from manifold_langevin.manifolds.stiefel import _GRAM_BLOCKS
+
+    k = min(p for p, _ in _GRAM_BLOCKS) + 4
+    gen = torch.Generator().manual_seed(0)
+    weights, opts = [], []
+    for _ in range(2):
+        w = torch.nn.Parameter(ml.optim.orthogonal_init_(torch.randn(k + 40, k, generator=gen)))
+        opt = CoLA([{"params": [w], "constraint": "orthogonal"}], lr=0.1, on_nonfinite="mask")
+        weights.append(w)
+        opts.append(opt)
+    weights[1].data.copy_(weights[0].data)
+    grads = [1e-2 * torch.randn(k + 40, k, generator=gen) for _ in range(4)]
+    backend = CompileCounter()
+    steps = [torch.compile(opts[0].step, backend=backend, fullgraph=True), opts[1].step]
+    for i, g in enumerate(grads):
+        for w, step, opt in zip(weights, steps, opts):
+            w.grad = g.clone()
+            (opt.step if i == 0 else step)()  # the first step reads the residual, by design
+    assert backend.frame_count >= 1 and not counters["graph_break"]
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=1e-6)
+    assert opts[0].n_rejected() == 0
+
+
 def test_noise_draws_are_the_only_graph_breaks():
     model, opt, twin, twin_opt = _pair("orthogonal", temperature=1e-3)
     backend = CompileCounter()

@@ -154,7 +154,9 @@ def _gram(x: torch.Tensor, out: torch.Tensor, tmp: torch.Tensor | None = None) -
         xi = x[..., rows]
         for j in range(i, blocks):
             cols = slice(cuts[j], cuts[j + 1])
-            blk = torch.bmm(xi.mT, x[..., cols], out=out[..., rows, cols])
+            # (a product into the block view itself would be a graph break under dynamo)
+            blk = out[..., rows, cols]
+            blk.copy_(torch.bmm(xi.mT, x[..., cols]))
             if j > i:
                 out[..., cols, rows].copy_(blk.mT)
             elif tmp is not None:
