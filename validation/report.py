@@ -356,6 +356,13 @@ def _ratio(opt: dict, case: str, num: str, den: str) -> float:
     return methods[num]["median_ms"] / methods[den]["median_ms"]
 
 
+def _spread(opt: dict, case: str, num: str, den: str) -> str:
+    """The numerator's quartiles over the denominator's median, as a ratio range."""
+    methods = next(r for r in opt["cases"] if r.get("key", r["case"]) == case)["methods"]
+    base = methods[den]["median_ms"]
+    return f"quartiles {methods[num]['q1_ms'] / base:.1f}x to {methods[num]['q3_ms'] / base:.1f}x"
+
+
 def _meq(opt: dict, case: str, method: str) -> float:
     rec = next(r for r in opt["cases"] if r.get("key", r["case"]) == case)
     return rec["methods"][method]["matmul_equivalents"]
@@ -377,7 +384,8 @@ MISSES = {
         "**Eager circle step against SGD.** The exact rotation costs some 20 elementwise passes "
         "per weight, including a `sin` and a `cos`, against SGD-momentum's two fused passes: "
         f"eager CoLA takes {_ratio(o, 'circle_1e6', 'cola', 'sgd_momentum'):.0f}x SGD's time on "
-        "10^6 weights. `CoLA(compile=True)` fuses the update into one loop "
+        f"10^6 weights ({_spread(o, 'circle_1e6', 'cola', 'sgd_momentum')}). "
+        "`CoLA(compile=True)` fuses the update into one loop "
         f"({_ratio(o, 'circle_1e6', 'cola_compiled', 'sgd_momentum'):.1f}x); it is off by "
         "default because its first step compiles for 10 to 20 seconds."
     ),

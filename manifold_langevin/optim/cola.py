@@ -70,7 +70,7 @@ part of the momentum): four ``N x p x p`` products (two of them Gram matrices fo
 upper blocks) plus three ``p x p x p`` ones, measured at about 7 matmul-equivalents for a
 1024 x 1024 float32 weight on CPU (the same step with the released scripts' SHAKE: about 25).
 With noise it is two RATTLE steps and a projected Gaussian. A circle step is some 20 elementwise
-passes per weight in cache-sized chunks (about 11 SGD steps on CPU), or one compiled loop with
+passes per weight in cache-sized chunks (11 to 15 SGD steps on CPU), or one compiled loop with
 ``compile=True`` (about 3 SGD steps, bound by memory traffic: four state arrays and the gradient
 against SGD's two and the gradient). ``validation/bench_optim.py`` measures all of this against
 SGD, geoopt and the paper's algorithm.
