@@ -140,7 +140,9 @@ def _gram(x: torch.Tensor, out: torch.Tensor, tmp: torch.Tensor | None = None) -
     """``x^T x`` for ``(B, N, p)`` stacks, into ``out`` (``(B, p, p)``), using its symmetry.
 
     With ``tmp`` (a ``(B, p, p)`` buffer) the result is exactly symmetric (blocked GEMMs need not
-    round an entry and its mirror image alike); without it only up to rounding."""
+    round an entry and its mirror image alike); without it only up to rounding. Writes into
+    buffers, so it is not differentiable: the fused RATTLE step runs without autograd, while
+    :func:`_gram_minus_eye` and :meth:`Stiefel.residual_norm` stay differentiable."""
     p = x.shape[-1]
     blocks = next((b for p_min, b in _GRAM_BLOCKS if p >= p_min), 1)
     if blocks == 1:
