@@ -130,21 +130,26 @@ def _scratch_buffer(scratch: dict | None, name: str, shape, like: torch.Tensor) 
 
 #: ``(smallest p, blocks)``: a Gram matrix ``x^T x`` of a frame this wide is formed from the
 #: upper triangle of ``blocks x blocks`` column blocks (the lower blocks are transposed copies):
-#: ``b (b + 1) / 2`` block products, 10/16 of the flops for 4 blocks. Measured on CPU (float32,
-#: one thread), against one product: 0.73x at 1024 x 1024 and at 4608 x 512 (4 blocks), 0.9x at
-#: 256 x 256 (2 blocks); slower below p = 256, where a product is already short.
+#: ``b (b + 1) / 2`` block products, 10/16 of the flops for 4 blocks. Measured by
+#: ``python -m validation.bench_gram`` (validation/results/bench_gram.json; CPU, float32, one
+#: thread), against one product: 4 blocks 0.72-0.74x at 1024 x 1024 and 4608 x 512, 0.78-0.80x
+#: at 512 x 512; 2 blocks 0.90-0.93x at 256 x 256; slower below p = 256 (1.2-1.4x at 128 x 128).
 _GRAM_BLOCKS = ((512, 4), (256, 2))
 
 
-def _gram(x: torch.Tensor, out: torch.Tensor, tmp: torch.Tensor | None = None) -> torch.Tensor:
+def _gram(
+    x: torch.Tensor, out: torch.Tensor, tmp: torch.Tensor | None = None, blocks: int | None = None
+) -> torch.Tensor:
     """``x^T x`` for ``(B, N, p)`` stacks, into ``out`` (``(B, p, p)``), using its symmetry.
 
     With ``tmp`` (a ``(B, p, p)`` buffer) the result is exactly symmetric (blocked GEMMs need not
     round an entry and its mirror image alike); without it only up to rounding. Writes into
     buffers, so it is not differentiable: the fused RATTLE step runs without autograd, while
-    :func:`_gram_minus_eye` and :meth:`Stiefel.residual_norm` stay differentiable."""
+    :func:`_gram_minus_eye` and :meth:`Stiefel.residual_norm` stay differentiable. ``blocks``
+    overrides :data:`_GRAM_BLOCKS` (for ``validation/bench_gram.py``)."""
     p = x.shape[-1]
-    blocks = next((b for p_min, b in _GRAM_BLOCKS if p >= p_min), 1)
+    if blocks is None:
+        blocks = next((b for p_min, b in _GRAM_BLOCKS if p >= p_min), 1)
     if blocks == 1:
         torch.bmm(x.mT, x, out=out)
         if tmp is not None:

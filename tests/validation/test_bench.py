@@ -92,3 +92,16 @@ def test_bench_subcommand(tmp_path):
     result = json.loads((tmp_path / "bench_optim.json").read_text())
     assert [c["case"] for c in result["cases"]] == ["circle_mlp"]
     assert not (tmp_path / "bench_sampler.json").exists()
+
+
+def test_bench_gram_quick_run():
+    """``validation/bench_gram.py --quick``: one row per shape, use and block count, each
+    against the plain product of its own use (not a timing check)."""
+    from validation import bench_gram
+
+    rows = bench_gram.main(["--quick"])["rows"]
+    assert len(rows) == 2 * 2 * len(bench_gram.BLOCKS)
+    for r in rows:
+        assert r["ms"] > 0 and r["blocks"] in bench_gram.BLOCKS
+        if r["blocks"] == 1:
+            assert r["ratio"] == pytest.approx(1.0)
