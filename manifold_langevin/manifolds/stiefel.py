@@ -237,10 +237,12 @@ class Stiefel(ConstrainedManifold):
             :func:`~manifold_langevin.manifolds.base.default_tolerance` for the dtype and ``N``.
         max_iter: SHAKE iteration budget. ``None`` (default) picks it by dtype: for Newton 8 in
             float64 and 4 in float32 (3 in half precision), for the contraction 24 and 12.
-            Newton then reaches the tolerance for spectral step sizes ``|X~ - M|_2`` up to about
-            0.9 when ``p = min(n, k) <= 8`` and up to about 0.5 (float64) / 0.8 (float32) above;
-            the contraction up to about 0.35 (float64) / 0.5 (float32). Larger steps are flagged
-            as failed. With ``None`` the attribute ``max_iter`` holds the float64 budget.
+            Newton then reaches the tolerance for spectral step sizes ``|X~ - M|_2`` up to 0.9
+            when ``p = min(n, k) <= 8``; above, up to 0.4 (float64) / 0.5 (float32) for
+            near-square frames, the slowest, and 0.45-0.7 / 0.6-0.7 for tall and square ones
+            (``python -m validation.shake_reach``, 200 random steps per case); the contraction
+            up to about 0.35 (float64) / 0.5 (float32). Larger steps are flagged as failed.
+            With ``None`` the attribute ``max_iter`` holds the float64 budget.
         newton: ``True`` (default) for Newton's method on the multipliers; ``False`` for the
             plain contraction ``Lambda <- Lambda - F(Lambda)/2`` (cheaper per iteration, 3-4
             times as many iterations).
@@ -525,10 +527,10 @@ class Stiefel(ConstrainedManifold):
         near-square) and 0.5 below (9), in float64 up to 0.2 for ``p >= 128`` (10) and 0.3 below
         (22); ``max_iter`` (here or in the constructor) overrides it. Larger steps are flagged
         (for ``p > 8`` this contraction reaches less far than :meth:`shake`'s Newton
-        iteration, which converges up to a spectral step of about 0.5 in float64 and 0.8 in
-        float32: a sampler that takes RATTLE steps that large should raise ``max_iter`` or keep
-        the default exact geodesic). Convergence is judged on the residual of ``x'`` itself,
-        computed directly.
+        iteration, which converges up to a spectral step of 0.4 to 0.7 in float64 and 0.5 to
+        0.7 in float32 (see the class docstring): a sampler that takes RATTLE steps that large
+        should raise ``max_iter`` or keep the default exact geodesic). Convergence is judged on
+        the residual of ``x'`` itself, computed directly.
 
         The velocity is :math:`p' = (d - x'\,\mathrm{sym}(M))/\delta` with :math:`d = x' - T`
         and :math:`M = x'^\top d`. From ``p >= 128`` on, ``M`` is assembled as

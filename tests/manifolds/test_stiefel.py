@@ -524,12 +524,14 @@ def test_constructor():
     k=st.integers(1, 10),
     batch=st.sampled_from([(), (1,), (3,), (2, 2)]),
     dtype=st.sampled_from(DTYPES),
-    step=st.floats(0.0, 0.5),
+    step=st.floats(0.0, 0.35),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_rattle_step_properties(n, k, batch, dtype, step, seed):
-    """Any shape and batch: SHAKE converges at |X~ - M|_2 <= 0.5 with the default budget, the
-    momentum is tangent, and the step is reversible."""
+    """Any shape and batch: SHAKE converges at |X~ - M|_2 <= 0.35 with the default budget, the
+    momentum is tangent, and the step is reversible. (The measured reach of the slowest frames,
+    near-square ones in float64, is 0.4: ``validation/shake_reach.py``; hypothesis found a
+    10 x 9 frame failing at 0.5, beyond it.)"""
     m, x0, v0 = _setup((n, k), dtype, step=1.0, batch=batch, seed=seed)
     h = max(step, 1e-3)
     tol = m.tolerance(x0)
@@ -618,6 +620,26 @@ def test_sampler_and_optimizer_share_the_rattle_step(monkeypatch):
     w.grad = torch.ones_like(w)
     opt.step()
     assert calls == [torch.Size([1, 5, 3])]
+
+
+def test_shake_reach_matches_the_docstring():
+    """The committed measurements (``python -m validation.shake_reach``) support the reach the
+    class docstring states: 0.9 for ``p <= 8``; above, 0.4 (float64) and 0.5 (float32)."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "validation" / "results" / "shake_reach.json"
+    rows = json.loads(path.read_text())["rows"]
+    assert {r["dtype"] for r in rows} == {"float32", "float64"} and len(rows) >= 12
+    for r in rows:
+        promised = 0.9 if min(r["shape"]) <= 8 else {"float64": 0.4, "float32": 0.5}[r["dtype"]]
+        assert r["reach"] is not None and r["reach"] >= promised, r
+    # and a case at the promised reach, rerun here: the slowest frame converges at 0.4
+    from validation.shake_reach import tangent_steps
+
+    m = Stiefel()
+    x, v = tangent_steps(10, 9, torch.float64, 50, 1)
+    assert m.shake(x, x + 0.4 * v)[1].all()
 
 
 def test_rattle_budgets_match_their_measurements():

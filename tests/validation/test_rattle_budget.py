@@ -32,3 +32,17 @@ def test_quick_run_reports_the_smallest_budget(tmp_path):
     by = {(r["dtype"], tuple(r["shape"]), r["step"], r["normal"]): r["needed"] for r in rows}
     assert by[("float64", (20, 10), 0.3, 0.0)] > by[("float64", (20, 10), 0.1, 0.0)]
     assert by[("float64", (66, 64), 0.1, 0.0)] > by[("float32", (66, 64), 0.1, 0.0)]
+
+
+def test_shake_reach_quick_run(tmp_path):
+    """``validation/shake_reach.py --quick``: exact Newton (p <= 8) reaches further than the
+    Neumann-series Newton on a near-square frame, and each reported reach converges."""
+    from validation import shake_reach
+
+    out = shake_reach.main(["--quick", "--out", str(tmp_path / "sr.json")])
+    by = {(r["dtype"], tuple(r["shape"])): r["reach"] for r in out["rows"]}
+    m = Stiefel()
+    for dtype in ("float32", "float64"):
+        assert by[(dtype, (6, 3))] > by[(dtype, (10, 9))]
+        x, v = shake_reach.tangent_steps(10, 9, getattr(torch, dtype), 20, 0)
+        assert m.shake(x, x + by[(dtype, (10, 9))] * v)[1].all()
