@@ -377,8 +377,9 @@ MISSES = {
         "10^6 weights: the fused loop reads and writes four state arrays and reads the "
         "gradient, twice SGD's bytes, and the finiteness check reads the gradient once more, so "
         "it sits at the edge of the 3x target (full runs on this 2-core machine measured 2.71x, "
-        "loaded, and 2.95x to 3.07x, idle). The Python around the kernel (dynamo's guards) adds "
-        "a fixed cost per step on top."
+        "loaded, and 2.94x to 3.07x, idle). The Python around the kernel (dynamo's guards and "
+        "wrappers, the bucket bookkeeping) adds a fixed cost per step on top, a few hundred "
+        "microseconds when the caches are cold, as they are between the methods of a case."
     ),
     "circle_vs_sgd_eager": lambda o: (
         "**Eager circle step against SGD.** The exact rotation costs some 20 elementwise passes "

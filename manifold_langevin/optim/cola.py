@@ -71,9 +71,10 @@ upper blocks) plus three ``p x p x p`` ones, measured at about 7 matmul-equivale
 1024 x 1024 float32 weight on CPU (the same step with the released scripts' SHAKE: about 25).
 With noise it is two RATTLE steps and a projected Gaussian. A circle step is some 20 elementwise
 passes per weight in cache-sized chunks (11 to 15 SGD steps on CPU), or one compiled loop with
-``compile=True`` (about 3 SGD steps, bound by memory traffic: four state arrays and the gradient
-against SGD's two and the gradient). ``validation/bench_optim.py`` measures all of this against
-SGD, geoopt and the paper's algorithm.
+``compile=True`` (about 3 SGD steps: the loop moves twice SGD's bytes, four state arrays and the
+gradient, and the Python around it, dynamo's guards and the finiteness check, costs a fixed
+amount per step). ``validation/bench_optim.py`` measures all of this against SGD, geoopt and the
+paper's algorithm.
 
 Distributed training
 --------------------
