@@ -48,6 +48,20 @@ def random_step(n, k, s, normal, dtype, gen, trials):
     return x.to(dtype), u.to(dtype)
 
 
+def write_results(path: Path, description: str, start: float, rows: list, **extra) -> dict:
+    """Write the rows with their context (seconds since ``start``, torch version) as JSON."""
+    out = {
+        "description": description,
+        **extra,
+        "seconds": round(time.perf_counter() - start, 1),
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
 def needed(m, x, u) -> int | None:
     """Smallest budget at which every trial converges (``None``: not within ``MAX_ITER``).
 
@@ -113,16 +127,8 @@ def main(argv=None) -> dict:
                     ),
                     flush=True,
                 )
-    out = {
-        "description": "smallest max_iter of Stiefel.rattle at which all trials converge",
-        "max_iter_tried": MAX_ITER,
-        "seconds": round(time.perf_counter() - start, 1),
-        "torch": torch.__version__,
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
-    return out
+    description = "smallest max_iter of Stiefel.rattle at which all trials converge"
+    return write_results(args.out, description, start, rows, max_iter_tried=MAX_ITER)
 
 
 if __name__ == "__main__":

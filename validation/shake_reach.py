@@ -1,10 +1,10 @@
 """How large a step :meth:`manifold_langevin.Stiefel.shake` solves with its default budget.
 
 SHAKE runs a fixed number of Newton iterations (``_DEFAULT_ITERS``: no host sync to test
-convergence). For random tangent steps of spectral size ``s`` from Haar points (the set-up of
-``tests/manifolds/test_stiefel.py``), this script finds the largest ``s`` on a grid at which every
-trial lands within the tolerance, per dtype and shape: exact Newton for ``p <= 8``, the
-Neumann-series Newton above (where near-square frames are the slowest).
+convergence). For random tangent steps of spectral size ``s`` from Haar points (drawn as in
+``validation/rattle_budget.py``, without a normal part), this script finds the largest ``s`` on
+a grid at which every trial lands within the tolerance, per dtype and shape: exact Newton for
+``p <= 8``, the Neumann-series Newton above (where near-square frames are the slowest).
 
 Run: ``python -m validation.shake_reach`` (seconds on one CPU core); writes
 ``validation/results/shake_reach.json`` and prints a table.
@@ -13,13 +13,13 @@ Run: ``python -m validation.shake_reach`` (seconds on one CPU core); writes
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
 from manifold_langevin import Stiefel
+from validation.rattle_budget import random_step, write_results
 
 RESULTS = Path(__file__).parent / "results"
 # p <= 8 (exact Newton), then tall, near-square and square frames with p > 8
@@ -28,19 +28,11 @@ STEPS = [0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9]
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def tangent_steps(n, k, dtype, trials, seed):
-    """Haar points and tangent directions of spectral norm 1, one per trial."""
-    m = Stiefel()
-    gen = torch.Generator().manual_seed(seed)
-    x = m.random(trials, n, k, dtype=dtype, generator=gen)
-    v = m.proju(x, torch.randn(x.shape, dtype=dtype, generator=gen))
-    return x, v / torch.linalg.matrix_norm(v, ord=2)[..., None, None]
-
-
 def reach(n, k, dtype, trials, seed) -> float | None:
     """The largest grid step at which all trials converge (``None``: not even the smallest)."""
     m = Stiefel()
-    x, v = tangent_steps(n, k, dtype, trials, seed)
+    gen = torch.Generator().manual_seed(seed)
+    x, v = random_step(n, k, 1.0, 0.0, dtype, gen, trials)  # tangent, spectral norm 1
     best = None
     for s in STEPS:
         _, ok = m.shake(x, x + s * v)
@@ -67,16 +59,8 @@ def main(argv=None) -> dict:
             s = reach(n, k, dtype, trials, args.seed)
             rows.append({"dtype": dname, "shape": [n, k], "trials": trials, "reach": s})
             print(f"{dname:8s} {n:3d} x {k:<3d}: every trial converges up to s = {s}", flush=True)
-    out = {
-        "description": "largest spectral step at which Stiefel.shake converges on every trial",
-        "steps_tried": STEPS,
-        "seconds": round(time.perf_counter() - start, 1),
-        "torch": torch.__version__,
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
-    return out
+    description = "largest spectral step at which Stiefel.shake converges on every trial"
+    return write_results(args.out, description, start, rows, steps_tried=STEPS)
 
 
 if __name__ == "__main__":

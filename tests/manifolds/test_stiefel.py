@@ -635,10 +635,10 @@ def test_shake_reach_matches_the_docstring():
         promised = 0.9 if min(r["shape"]) <= 8 else {"float64": 0.4, "float32": 0.5}[r["dtype"]]
         assert r["reach"] is not None and r["reach"] >= promised, r
     # and a case at the promised reach, rerun here: the slowest frame converges at 0.4
-    from validation.shake_reach import tangent_steps
+    from validation.rattle_budget import random_step
 
     m = Stiefel()
-    x, v = tangent_steps(10, 9, torch.float64, 50, 1)
+    x, v = random_step(10, 9, 1.0, 0.0, torch.float64, torch.Generator().manual_seed(1), 50)
     assert m.shake(x, x + 0.4 * v)[1].all()
 
 
