@@ -330,7 +330,49 @@ def _released_step_factory(w: torch.Tensor, grad: torch.Tensor, lr: float, c1: f
     return step
 
 
-def case_orthogonal(n: int, k: int, device, dtype, lr: float = 0.1, grad_scale: float = 0.03):
+def _compiled_step(
+    opt: CoLA, before: Callable[[], object] | None = None, mode: str | None = None
+) -> Callable[[], None]:
+    """``torch.compile(opt.step, mode=mode)`` (inductor), warmed up: one eager step (the first
+    step of a parameter reads its residual on the host, by design), then compiled steps until
+    the step counter has turned dynamic (one recompilation). ``before`` runs ahead of each warm-up
+    step (a training iteration's forward and backward)."""
+    torch._dynamo.reset()  # compiled variants of earlier cases are done with
+    compiled = torch.compile(opt.step, mode=mode)
+    for i in range(5):
+        if before is not None:
+            before()
+        (opt.step if i == 0 else compiled)()
+    return compiled
+
+
+def _compiled_variants(make: Callable[[], tuple], device) -> dict[str, Callable[[], None]]:
+    """The whole step compiled, in the sync-free mode: inductor's default mode, and on CUDA
+    ``mode="reduce-overhead"`` (CUDA graphs). ``make()`` builds ``(opt, before)``: such a CoLA
+    and what runs ahead of each step (``None``, or a training iteration's forward and
+    backward). A variant that fails to build is left out with a message (the benchmark records
+    what works)."""
+    modes = {"cola_compiled_step": None}
+    if torch.device(device).type == "cuda":
+        modes["cola_cudagraph_step"] = "reduce-overhead"
+    out = {}
+    for name, mode in modes.items():
+        opt, before = make()
+        try:
+            step = _compiled_step(opt, before, mode)
+        except Exception as exc:  # report, do not lose the rest of the run
+            print(f"{name}: left out ({type(exc).__name__}: {exc})", file=sys.stderr)
+            continue
+        if before is None:
+            out[name] = step
+        else:
+            out[name] = lambda before=before, step=step: (before(), step())
+    return out
+
+
+def case_orthogonal(
+    n: int, k: int, device, dtype, lr: float = 0.1, grad_scale: float = 0.03, compiled: bool = True
+):
     """One orthogonal ``n x k`` weight: CoLA vs the paper's SHAKE and geoopt's Stiefel."""
     big, small = max(n, k), min(n, k)
     w0 = torch.randn(n, k, generator=_seeded(0), dtype=torch.float64)
@@ -349,6 +391,15 @@ def case_orthogonal(n: int, k: int, device, dtype, lr: float = 0.1, grad_scale: 
         return CoLA([w], lr=lr, friction=1.0, constraint=constraint).step
 
     methods["cola"] = cola("orthogonal")
+    if compiled:
+
+        def make():
+            w = _param(w0, device, dtype)
+            w.grad = g0.to(device=device, dtype=dtype)
+            opt = CoLA([w], lr=lr, friction=1.0, constraint="orthogonal", on_nonfinite="mask")
+            return opt, None
+
+        methods.update(_compiled_variants(make, device))
     methods["paper"] = cola(ml.Stiefel(paper=True))
 
     with torch.no_grad():
@@ -382,7 +433,9 @@ def case_orthogonal(n: int, k: int, device, dtype, lr: float = 0.1, grad_scale: 
     )
 
 
-def case_training(size: int, batch: int, device, dtype, lr: float = 0.1) -> Case:
+def case_training(
+    size: int, batch: int, device, dtype, lr: float = 0.1, compiled: bool = True
+) -> Case:
     """A training iteration with an orthogonal ``size x size`` linear layer."""
     x = torch.randn(batch, size, generator=_seeded(5), dtype=torch.float64).to(device, dtype)
     y = torch.randint(0, 10, (batch,), generator=_seeded(6)).to(device)
@@ -410,6 +463,23 @@ def case_training(size: int, batch: int, device, dtype, lr: float = 0.1) -> Case
         {"params": [m[2].weight, m[2].bias]},
     ]
     methods["cola"] = iteration(m, CoLA(groups, lr=lr, friction=1.0))
+    if compiled:
+
+        def make():
+            m = model()
+            groups = [
+                {"params": [m[0].weight], "constraint": "orthogonal"},
+                {"params": [m[2].weight, m[2].bias]},
+            ]
+            opt = CoLA(groups, lr=lr, friction=1.0, on_nonfinite="mask")
+
+            def forward_backward():
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(m(x), y).backward()
+
+            return opt, forward_backward
+
+        methods.update(_compiled_variants(make, device))
 
     for label, kw in (("param_cayley", {"orthogonal_map": "cayley"}), ("param_default", {})):
         m = model()
@@ -449,19 +519,19 @@ CASES: dict[str, tuple[Callable[..., Case], Callable[..., Case]]] = {
     ),
     "ortho_1024x1024": (
         lambda d, t: case_orthogonal(1024, 1024, d, t),
-        lambda d, t: case_orthogonal(32, 32, d, t),
+        lambda d, t: case_orthogonal(32, 32, d, t, compiled=False),
     ),
     "ortho_512x4608": (
         lambda d, t: case_orthogonal(512, 4608, d, t),
-        lambda d, t: case_orthogonal(16, 72, d, t),
+        lambda d, t: case_orthogonal(16, 72, d, t, compiled=False),
     ),
     "ortho_512x128": (
         lambda d, t: case_orthogonal(512, 128, d, t),
-        lambda d, t: case_orthogonal(32, 8, d, t),
+        lambda d, t: case_orthogonal(32, 8, d, t, compiled=False),
     ),
     "train_ortho_1024": (
         lambda d, t: case_training(1024, 128, d, t),
-        lambda d, t: case_training(32, 8, d, t),
+        lambda d, t: case_training(32, 8, d, t, compiled=False),
     ),
 }
 
@@ -532,6 +602,8 @@ def environment(device: torch.device) -> dict:
         env["load_average"] = list(os.getloadavg())
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+        env["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
     return env
 
 
@@ -543,8 +615,13 @@ def run(
     dtype: torch.dtype = torch.float32,
     reps: int | None = None,
     log: Callable[[str], None] | None = print,
+    on_case: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Run the benchmark; returns the JSON-ready record (see the module docstring)."""
+    """Run the benchmark; returns the JSON-ready record (see the module docstring).
+
+    ``on_case`` is called after every case with the record so far (the finished cases and the
+    targets they settle), so that a run stopped part-way keeps what it measured.
+    """
     dev = torch.device(device)
     mode = "quick" if quick else "full"
     reps = REPS[mode] if reps is None else reps
@@ -577,7 +654,13 @@ def run(
         )
         if log is not None:
             log(_format_case(records[-1]))
-    out = {
+        if on_case is not None:
+            on_case(_record(records, quick, dtype, reps, dev))
+    return _record(records, quick, dtype, reps, dev)
+
+
+def _record(records: list[dict], quick: bool, dtype, reps: int, dev: torch.device) -> dict:
+    return {
         "schema_version": SCHEMA_VERSION,
         "benchmark": "bench_optim",
         "quick": quick,
@@ -587,7 +670,6 @@ def run(
         "cases": records,
         "targets": evaluate_targets(records),
     }
-    return out
 
 
 def evaluate_targets(records: list[dict]) -> list[dict]:
@@ -694,15 +776,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     out_dir = args.out or Path(__file__).parent / "results" / ("quick" if args.quick else "")
     out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "bench_optim.json"
     result = run(
         args.case,
         quick=args.quick,
         device=args.device,
         dtype=getattr(torch, args.dtype),
         reps=args.reps,
+        on_case=lambda partial: json_path.write_text(json.dumps(partial, indent=2)),
     )
     print(format_targets(result["targets"]))
-    (out_dir / "bench_optim.json").write_text(json.dumps(result, indent=2))
+    json_path.write_text(json.dumps(result, indent=2))
     plot(result, out_dir / "bench_optim.png")
     print(f"\nwrote {out_dir / 'bench_optim.json'} and {out_dir / 'bench_optim.png'}")
     return 0

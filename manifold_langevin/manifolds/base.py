@@ -29,7 +29,7 @@ import torch
 from .._checks import check_int, check_positive
 from ..noise import standard_normal
 
-__all__ = ["ConstrainedManifold", "default_tolerance", "event_sum"]
+__all__ = ["ConstrainedManifold", "as_time", "default_tolerance", "event_sum"]
 
 _BASE_TOL = {
     torch.float64: 1e-12,
@@ -50,6 +50,19 @@ def default_tolerance(dtype: torch.dtype, inner_size: int = 1) -> float:
         raise TypeError(f"unsupported dtype {dtype}: use a floating-point dtype")
     eps = torch.finfo(dtype).eps
     return max(_BASE_TOL[dtype], 8.0 * eps * math.sqrt(max(inner_size, 1)))
+
+
+def as_time(t: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    """A time (or step size) ready to multiply tensors like ``like``.
+
+    A Python number stays a number: torch passes it to the kernel as a scalar. Turning it into a
+    tensor on a GPU (``torch.as_tensor(0.1, device="cuda")``) is a host-to-device copy that
+    synchronises, once per call: inside a sampling loop, once per step. A tensor is cast to
+    ``like``'s dtype and device.
+    """
+    if isinstance(t, (int, float)):
+        return float(t)
+    return torch.as_tensor(t, dtype=like.dtype, device=like.device)
 
 
 def event_sum(t: torch.Tensor, ndim: int, keepdim: bool = False) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_positive
+from .base import as_time
 from .sphere import Sphere
 
 __all__ = ["Circles", "circle_kick_rotate", "circle_project", "circle_rotate"]
@@ -153,13 +154,9 @@ class Circles(Sphere):
     def geodesic(self, x, v, t):
         self._pairs(x)
         w_t, xi_t, pw_t, pxi_t = circle_rotate(
-            x[..., 0], x[..., 1], v[..., 0], v[..., 1], self._time(t, x), self.radius
+            x[..., 0], x[..., 1], v[..., 0], v[..., 1], as_time(t, x), self.radius
         )
         return torch.stack([w_t, xi_t], dim=-1), torch.stack([pw_t, pxi_t], dim=-1)
-
-    @staticmethod
-    def _time(t, x):
-        return torch.as_tensor(t, dtype=x.dtype, device=x.device)
 
     def proju(self, x, u):
         self._pairs(x)

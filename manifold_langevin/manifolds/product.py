@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .base import ConstrainedManifold
+from .base import ConstrainedManifold, as_time
 
 __all__ = ["Euclidean", "Product"]
 
@@ -46,8 +46,10 @@ class Euclidean(ConstrainedManifold):
         )
 
     def geodesic(self, x, v, t):
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        return x + v * t.reshape(t.shape + (1,) * self.ndim), v
+        t = as_time(t, x)
+        if isinstance(t, torch.Tensor):
+            t = t.reshape(t.shape + (1,) * self.ndim)
+        return x + v * t, v
 
     def projx(self, x):
         return x

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_positive
-from .base import ConstrainedManifold, default_tolerance
+from .base import ConstrainedManifold, as_time, default_tolerance
 
 __all__ = ["Sphere"]
 
@@ -86,8 +86,8 @@ class Sphere(ConstrainedManifold):
         return x_new, ok.squeeze(-1)
 
     def geodesic(self, x, v, t):
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        if t.dim() > 0:
+        t = as_time(t, x)
+        if isinstance(t, torch.Tensor) and t.dim() > 0:
             t = t.unsqueeze(-1)
         r = torch.sqrt(_dot(x, x))
         speed = torch.sqrt(_dot(v, v))

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import ConstrainedManifold
+from .base import ConstrainedManifold, as_time
 
 __all__ = ["Stiefel"]
 
@@ -134,6 +134,8 @@ def _scratch_buffer(scratch: dict | None, name: str, shape, like: torch.Tensor) 
 #: ``python -m validation.bench_gram`` (validation/results/bench_gram.json; CPU, float32, one
 #: thread), against one product: 4 blocks 0.72-0.74x at 1024 x 1024 and 4608 x 512, 0.78-0.80x
 #: at 512 x 512; 2 blocks 0.90-0.93x at 256 x 256; slower below p = 256 (1.2-1.4x at 128 x 128).
+#: CPU only: on a GPU the blocks' extra kernel launches (about 10 us of host time each) cost more
+#: than the flops they save (one 1024 x 1024 float32 product takes 89 us on an H200).
 _GRAM_BLOCKS = ((512, 4), (256, 2))
 
 
@@ -146,10 +148,12 @@ def _gram(
     round an entry and its mirror image alike); without it only up to rounding. Writes into
     buffers, so it is not differentiable: the fused RATTLE step runs without autograd, while
     :func:`_gram_minus_eye` and :meth:`Stiefel.residual_norm` stay differentiable. ``blocks``
-    overrides :data:`_GRAM_BLOCKS` (for ``validation/bench_gram.py``)."""
+    overrides :data:`_GRAM_BLOCKS` (for ``validation/bench_gram.py``); off the CPU the default
+    is one block."""
     p = x.shape[-1]
     if blocks is None:
-        blocks = next((b for p_min, b in _GRAM_BLOCKS if p >= p_min), 1)
+        on_cpu = x.device.type == "cpu"
+        blocks = next((b for p_min, b in _GRAM_BLOCKS if on_cpu and p >= p_min), 1)
     if blocks == 1:
         torch.bmm(x.mT, x, out=out)
         if tmp is not None:
@@ -666,8 +670,9 @@ class Stiefel(ConstrainedManifold):
         wide = _is_wide(x)
         m, vt = _tall(x, wide), _tall(v, wide)
         p = m.shape[-1]
-        time = torch.as_tensor(t, dtype=m.dtype, device=m.device)
-        time = time.reshape((*time.shape, 1, 1))
+        time = as_time(t, m)
+        if isinstance(time, torch.Tensor):
+            time = time.reshape((*time.shape, 1, 1))
         a = _skew(m.mT @ vt)
         s = _sym(vt.mT @ vt)
         eye = _eye(p, m).expand_as(a)

@@ -129,6 +129,29 @@ def test_geodesic_is_the_limit_of_rattle(case):
     assert (m.residual_norm(xg) <= m.tolerance(x)).all()
 
 
+def test_geodesic_time_as_number_or_tensor(case, monkeypatch):
+    """A Python-number time stays a number (turning it into a device tensor would be a
+    synchronising host-to-device copy on a GPU, once per step); a 0-d tensor and a per-chain
+    tensor give the same flow."""
+    m, x, p = _setup(case, torch.float64)
+    if not m.has_geodesic:
+        pytest.skip(f"{case.name} has no closed-form geodesic")
+    batch = x.shape[: x.dim() - m.ndim]
+    as_tensor = torch.as_tensor
+
+    def no_number(data, *args, **kwargs):
+        assert not isinstance(data, (int, float)), "a Python-number time became a tensor"
+        return as_tensor(data, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "as_tensor", no_number)
+    x_num, p_num = m.geodesic(x, p, 0.3)
+    monkeypatch.undo()
+    x_0d, p_0d = m.geodesic(x, p, torch.tensor(0.3, dtype=torch.float64))
+    x_b, p_b = m.geodesic(x, p, torch.full(batch, 0.3, dtype=torch.float64))
+    for a, b in ((x_num, x_0d), (p_num, p_0d), (x_num, x_b), (p_num, p_b)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+
+
 def test_geoopt_riemannian_sgd_keeps_points_on_manifold(case):
     m, x, _ = _setup(case, torch.float64)
     param = geoopt.ManifoldParameter(x.clone(), manifold=m)

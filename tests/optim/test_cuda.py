@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import pytest
 import torch
 
-from manifold_langevin.optim import CoLA, constrained_groups
+import manifold_langevin as ml
+from manifold_langevin.optim import CoLA, constrained_groups, orthogonal_init_
 
 from .helpers import ortho_residual
 
@@ -83,3 +85,71 @@ def test_generator_state_follows_the_accelerator_by_order():
     assert torch.equal(
         fresh._generators["cuda:0"].get_state(), opt._generators["cuda:0"].get_state()
     )
+
+
+@pytest.mark.parametrize("constraint", ["orthogonal", "circle"])
+def test_cuda_trajectory_matches_the_cpu_one_in_float64(constraint):
+    """At zero temperature the step is deterministic: the GPU follows the CPU trajectory to
+    rounding (float64; the gradients are given, so only the step's arithmetic differs)."""
+    gen = torch.Generator().manual_seed(3)
+    w0 = orthogonal_init_(torch.randn(300, 260, dtype=torch.float64, generator=gen))
+    group = {"constraint": constraint}
+    if constraint == "circle":
+        w0 = 0.09 * (2 * torch.rand(300, 260, dtype=torch.float64, generator=gen) - 1)
+        group["radius"] = 0.1
+    grads = [0.05 * torch.randn(300, 260, dtype=torch.float64, generator=gen) for _ in range(20)]
+    out = []
+    for device in ("cpu", "cuda"):
+        w = torch.nn.Parameter(w0.to(device, copy=True))
+        opt = CoLA([{"params": [w], **group}], lr=0.1, friction=1.0)
+        for g in grads:
+            w.grad = g.to(device)
+            opt.step()
+        assert opt.n_rejected() == 0
+        out.append(w.detach().cpu())
+    torch.testing.assert_close(out[1], out[0], rtol=0, atol=1e-11)
+
+
+def test_cuda_compiled_circle_update_matches_eager():
+    """``CoLA(compile=True)`` on the GPU: inductor builds a Triton kernel (no eager fallback)
+    that gives the eager update."""
+    torch._dynamo.reset()
+    models, opts = [], []
+    for compile_ in (True, False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(64, 256), torch.nn.Tanh(), torch.nn.Linear(256, 3)
+        )
+        model = model.cuda()
+        opt = CoLA(constrained_groups(model, "circle"), lr=0.1, seed=0, compile=compile_)
+        models.append(model)
+        opts.append(opt)
+    x = torch.randn(5, 32, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to eager warns
+        for i in range(5):
+            for model, opt in zip(models, opts):
+                opt.zero_grad()
+                model(x[i]).square().mean().backward()
+                opt.step()
+    assert opts[0].compile is True
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 0.03), (torch.float16, 0.004)])
+def test_cuda_half_precision_weights_hold_an_explicit_tolerance(dtype, tol):
+    """docs/gotchas.md's recipe on the GPU, where half-precision products may reduce in lower
+    precision than on CPU: a 1024 x 512 weight keeps the explicit tolerance over noisy steps."""
+    n, k = 1024, 512
+    gen = torch.Generator().manual_seed(0)
+    w0 = orthogonal_init_(torch.randn(n, k, dtype=torch.float64, generator=gen))
+    w = torch.nn.Parameter(w0.to(device="cuda", dtype=dtype))
+    opt = CoLA([{"params": [w], "constraint": ml.Stiefel(tol=tol)}], lr=0.1, temperature=1e-4)
+    for _ in range(60):
+        w.grad = (0.03 * torch.randn(n, k, generator=gen)).to(device="cuda", dtype=dtype)
+        opt.step()
+    assert opt.n_rejected() == 0
+    residual = float(ml.Stiefel().residual_norm(w.detach().float()))
+    assert residual <= tol / 4, residual
