@@ -667,7 +667,7 @@ def _record(records: list[dict], quick: bool, dtype, reps: int, dev: torch.devic
         "dtype": str(dtype).replace("torch.", ""),
         "reps": reps,
         "environment": environment(dev),
-        "cases": records,
+        "cases": list(records),
         "targets": evaluate_targets(records),
     }
 

@@ -138,18 +138,19 @@ def test_cuda_compiled_circle_update_matches_eager():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 0.03), (torch.float16, 0.004)])
-def test_cuda_half_precision_weights_hold_an_explicit_tolerance(dtype, tol):
-    """docs/gotchas.md's recipe on the GPU, where half-precision products may reduce in lower
-    precision than on CPU: a 1024 x 512 weight keeps the explicit tolerance over noisy steps."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_half_precision_weights_hold_the_default_tolerance(dtype):
+    """The default half-precision tolerance (4 eps, docs/gotchas.md) on the GPU, where
+    half-precision products may reduce in reduced precision: a 1024 x 512 weight keeps it over
+    noisy steps, with a residual below eps."""
     n, k = 1024, 512
     gen = torch.Generator().manual_seed(0)
     w0 = orthogonal_init_(torch.randn(n, k, dtype=torch.float64, generator=gen))
     w = torch.nn.Parameter(w0.to(device="cuda", dtype=dtype))
-    opt = CoLA([{"params": [w], "constraint": ml.Stiefel(tol=tol)}], lr=0.1, temperature=1e-4)
+    opt = CoLA([{"params": [w], "constraint": "orthogonal"}], lr=0.1, temperature=1e-4)
     for _ in range(60):
         w.grad = (0.03 * torch.randn(n, k, generator=gen)).to(device="cuda", dtype=dtype)
         opt.step()
     assert opt.n_rejected() == 0
     residual = float(ml.Stiefel().residual_norm(w.detach().float()))
-    assert residual <= tol / 4, residual
+    assert residual <= torch.finfo(dtype).eps, residual

@@ -105,3 +105,55 @@ def test_bench_gram_quick_run():
         assert r["ms"] > 0 and r["blocks"] in bench_gram.BLOCKS
         if r["blocks"] == 1:
             assert r["ratio"] == pytest.approx(1.0)
+
+
+def test_bench_optim_writes_what_it_measured_after_every_case():
+    """A run stopped part-way keeps its finished cases: ``on_case`` gets the record so far."""
+    seen = []
+    result = bench_optim.run(
+        ["circle_mlp", "ortho_512x128"], quick=True, log=None, on_case=seen.append
+    )
+    assert [[c["key"] for c in r["cases"]] for r in seen] == [
+        ["circle_mlp"],
+        ["circle_mlp", "ortho_512x128"],
+    ]
+    assert seen[-1]["cases"] == result["cases"]
+    assert {t["case"] for t in seen[0]["targets"]} <= {"circle_mlp"}
+
+
+def test_half_precision_quick_run(tmp_path):
+    """``validation/half_precision.py --quick``: the default half-precision tolerance is 4 eps
+    and the weights stay below eps with no rejection (the full run's claim, on a small weight)."""
+    import torch
+
+    from validation import half_precision
+
+    assert half_precision.main(["--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "half_precision.json").read_text())
+    assert result["schema_version"] == half_precision.SCHEMA_VERSION
+    assert {r["dtype"] for r in result["rows"]} == {"bfloat16", "float16"}
+    for r in result["rows"]:
+        eps = torch.finfo(getattr(torch, r["dtype"])).eps
+        assert r["tolerance"] == pytest.approx(4 * eps)
+        assert r["rejected"] == 0 and 0 < r["residual_max"] <= eps
+
+
+def test_committed_gpu_run_is_complete():
+    """``validation/results/cuda`` (written by ``validation/gpu_run.sh`` on an H200) holds every
+    case and sweep, and its log shows the CUDA tests passing; docs/performance.md is written
+    from it."""
+    import re
+    from pathlib import Path
+
+    cuda = Path(bench_optim.__file__).parent / "results" / "cuda"
+    opt = json.loads((cuda / "bench_optim.json").read_text())
+    assert opt["environment"]["device"] == "cuda" and opt["quick"] is False
+    _check_optim_schema(opt)
+    smp = json.loads((cuda / "bench_sampler.json").read_text())
+    assert smp["environment"]["device"] == "cuda" and smp["quick"] is False
+    assert max(r["n_chains"] for r in smp["rows"]) == 100_000
+    log = (cuda / "gpu_run.log").read_text()
+    summaries = re.findall(r"^.*\b\d+ passed\b.* in [\d.]+s.*$", log, flags=re.MULTILINE)
+    assert len(summaries) == 1, summaries  # the one pytest run of the CUDA tests
+    assert "failed" not in summaries[0] and "error" not in summaries[0], summaries[0]
+    assert int(re.search(r"(\d+) passed", summaries[0]).group(1)) >= 20
