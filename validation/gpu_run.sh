@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks and measurements that need a CUDA device, in one run (about 5 minutes on an H100/H200):
+# The checks and measurements that need a CUDA device, in one run (3.5 minutes on an H200):
 #   1. the CUDA tests (pytest -m cuda: no host syncs, compiled Triton update, CPU agreement, ...);
 #   2. validation.half_precision on the GPU (the residual half-precision weights keep);
 #   3. validation.bench_sampler and validation.bench_optim on the GPU.
