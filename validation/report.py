@@ -380,13 +380,12 @@ MISSES = {
     "circle_vs_sgd": lambda o: (
         "**Compiled circle step against SGD.** "
         f"{_ratio(o, 'circle_1e6', 'cola_compiled', 'sgd_momentum'):.2f}x SGD-momentum's time on "
-        "10^6 weights: the fused loop reads and writes four state arrays and reads the "
-        "gradient, twice SGD's bytes, and the finiteness check reads the gradient once more, so "
-        "it sits at the edge of the 3x target: full runs on this 2-core machine have measured "
-        "2.7x to 3.3x, as SGD's own time varies by some 15% between runs. The Python around the "
-        "kernel (dynamo's guards and wrappers, the bucket bookkeeping) adds a fixed cost per step "
-        "on top, a few hundred microseconds when the caches are cold, as they are between the "
-        "methods of a case."
+        "10^6 weights, at the edge of the 3x target: full runs on this 2-core machine have "
+        "measured 2.7x to 3.3x, as SGD's own time varies by some 15% between runs. "
+        + _trig_reading()
+        + "The Python around the kernel (dynamo's guards and wrappers, the finiteness check, the "
+        "bucket bookkeeping) adds a fixed cost per step on top, a few hundred microseconds when "
+        "the caches are cold, as they are between the methods of a case."
     ),
     "circle_vs_sgd_eager": lambda o: (
         "**Eager circle step against SGD.** The exact rotation costs some 20 elementwise passes "
@@ -454,6 +453,26 @@ MISSES = {
         )
     ),
 }
+
+
+def _trig_reading() -> str:
+    """What ``validation/bench_circle_trig.py`` measured (empty if it was not run)."""
+    path = RESULTS / "bench_circle_trig.json"
+    if not path.exists():
+        return ""
+    t = json.loads(path.read_text())
+    ms = t["median_ms"]
+    err = max(max(a["cos_error"], a["sin_error"]) for a in t["accuracy"])
+    return (
+        "The fused loop, which moves twice SGD's bytes, is bound by its `sin` and `cos` more "
+        "than by memory (`validation/bench_circle_trig.py`, warm caches, one thread): the same "
+        "loop takes "
+        f"{ms['exact'] / ms['sgd']:.1f}x SGD's time with torch's `sin` and `cos`, "
+        f"{ms['cheap_poly'] / ms['sgd']:.1f}x with an inexact two-term polynomial in their place, "
+        f"and {ms['reduced_poly'] / ms['sgd']:.1f}x with a branch-free replacement accurate to "
+        f"{err:.1e} (quadrant reduction and Cephes' float32 polynomials). An exact rotation thus "
+        "costs what vectorised `sin` and `cos` cost. "
+    )
 
 
 def _misses(opt: dict) -> str:

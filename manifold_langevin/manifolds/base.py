@@ -49,7 +49,7 @@ def default_tolerance(dtype: torch.dtype, inner_size: int = 1) -> float:
     bfloat16 and float16: ``4 eps`` (0.031 and 0.0039) whatever ``inner_size``. Their products
     and sums accumulate in float32 (on CPU, and by default on GPUs), so the floor is the final
     rounding, about ``eps``, not a growing sum of roundings: orthogonal weights of up to
-    4608 x 512 kept residuals of at most 0.75 eps over noisy CoLA steps, on CPU and on an H200
+    4608 x 512 kept residuals of at most 0.76 eps over noisy CoLA steps, on CPU and on an H200
     (``validation/half_precision.py``; ``validation/results/cuda/half_precision.json``).
     """
     if dtype in _HALF:

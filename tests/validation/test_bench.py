@@ -157,3 +157,16 @@ def test_committed_gpu_run_is_complete():
     assert len(summaries) == 1, summaries  # the one pytest run of the CUDA tests
     assert "failed" not in summaries[0] and "error" not in summaries[0], summaries[0]
     assert int(re.search(r"(\d+) passed", summaries[0]).group(1)) >= 20
+
+
+def test_bench_circle_trig_quick_run(tmp_path):
+    """``validation/bench_circle_trig.py --quick``: every variant timed; the branch-free
+    replacement of sin/cos it times is float32-accurate (within 2 ulp of 1) up to |theta| = 1e4."""
+    from validation import bench_circle_trig
+
+    assert bench_circle_trig.main(["--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench_circle_trig.json").read_text())
+    assert set(result["median_ms"]) == {*bench_circle_trig.TRIG, "sgd"}
+    assert all(ms > 0 for ms in result["median_ms"].values())
+    for row in result["accuracy"]:
+        assert max(row["cos_error"], row["sin_error"]) <= 2.0**-22, row
