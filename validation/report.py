@@ -535,9 +535,14 @@ def _gpu_optim_reading(o: dict, cpu: dict) -> str:
             'With `mode="reduce-overhead"` inductor skips the CUDA graphs (the step writes its '
             "inputs, the weights and the optimizer state, in place; `gpu_run.log` shows the "
             "message), so that variant is the "
-            "default mode again. For the training iteration, inductor failed to compile the step "
-            "on this torch (2.11), and the variant is left out (the log has the error)."
+            "default mode again."
         )
+        if "cola_compiled_step" not in _case(o, "train_ortho_1024")["methods"]:
+            compiled += (
+                " For the training iteration inductor failed to compile the step on this torch "
+                f"({o['environment']['torch']}), and the variant is left out (`gpu_run.log` has "
+                "the error)."
+            )
     return "\n".join(
         [
             "- **Every step here is bound by the host, not by the GPU.** One 1024 x 1024 float32 "
