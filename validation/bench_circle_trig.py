@@ -1,8 +1,9 @@
 """What bounds the compiled circle step: the cost of ``sin`` and ``cos`` in the fused loop.
 
 ``CoLA(compile=True)`` turns a circle update into one inductor loop over the weights. This
-script compiles the same loop (kick, angular velocity, rotation of point and momentum,
-renormalisation) with three ways of getting ``cos(theta)`` and ``sin(theta)``:
+script compiles the same loop (the library's ``circle_kick_rotate``: kick, angular velocity,
+rotation of point and momentum, renormalisation; then the bound on ``|w|``) with three ways of
+getting ``cos(theta)`` and ``sin(theta)``:
 
 * ``exact``: ``torch.cos`` / ``torch.sin`` (what CoLA uses);
 * ``reduced_poly``: a float32-accurate replacement, branch-free so that it vectorises: the
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from manifold_langevin.manifolds.circles import circle_kick_rotate
 from validation.bench_optim import environment
 
 __all__ = ["main", "reduced_cos_sin", "run"]
@@ -68,19 +70,15 @@ TRIG = {
 
 
 def _loop(cos_sin):
-    def update(w, xi, pw, pxi, g, h, radius):
-        """One kick and rotation, written into the four state tensors (as CoLA's loop is)."""
-        p = pw - h * g
-        r2 = w * w + xi * xi
-        theta = (w * pxi - xi * p) / r2 * h
-        c, s = cos_sin(theta)
-        w_t, xi_t = c * w - s * xi, s * w + c * xi
-        p_t, pxi_t = c * p - s * pxi, s * p + c * pxi
-        norm = radius * torch.rsqrt(r2)
-        w.copy_(torch.clamp(w_t * norm, -radius, radius))
-        xi.copy_(xi_t * norm)
-        pw.copy_(p_t)
-        pxi.copy_(pxi_t)
+    """The update ``CoLA(compile=True)`` compiles for a circle tensor at zero temperature (the
+    library's :func:`circle_kick_rotate`, then the bound on ``|w|``), written into the state,
+    with ``cos_sin`` in place of torch's ``cos`` and ``sin``."""
+
+    def update(w, xi, pw, pxi, g, kick, t, radius, c1):
+        new = circle_kick_rotate(w, xi, pw, pxi, g, kick, t, radius, c1, cos_sin=cos_sin)
+        new = (torch.clamp(new[0], -radius, radius), *new[1:])
+        for target, value in zip((w, xi, pw, pxi), new):
+            target.copy_(value)
 
     return update
 
@@ -119,15 +117,16 @@ def run(*, quick: bool = False, log=print) -> dict:
     radius = 0.1
     w0 = (2 * torch.rand(n, generator=gen) - 1) * radius
     g = 1e-3 * torch.randn(n, generator=gen)
-    h = torch.tensor(0.1)
-    r = torch.tensor(radius)
+    # the numbers as 0-d tensors, as CoLA passes them (kick -h, rotation time (1 + c1) h / 2)
+    h, c1 = 0.1, math.exp(-0.1)
+    numbers = [torch.tensor(v) for v in (-h, 0.5 * (1.0 + c1) * h, radius, c1)]
     times = {}
     for name, cos_sin in TRIG.items():
         state = [w0.clone(), torch.sqrt(radius**2 - w0 * w0), 1e-3 * torch.ones(n), torch.zeros(n)]
         fn = torch.compile(_loop(cos_sin), dynamic=True)
         for _ in range(3):
-            fn(*state, g, h, r)
-        times[name] = _median_ms(lambda fn=fn, state=state: fn(*state, g, h, r), reps)
+            fn(*state, g, *numbers)
+        times[name] = _median_ms(lambda fn=fn, state=state: fn(*state, g, *numbers), reps)
     p = torch.nn.Parameter(w0.clone())
     p.grad = g
     sgd = torch.optim.SGD([p], lr=0.1, momentum=0.9)
