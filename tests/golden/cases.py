@@ -30,8 +30,10 @@ SAMPLER_SCHEMES: list[tuple[str, dict]] = [
     ("OBABO", {"kind": "ud", "scheme": "OBABO"}),
     ("g-BAOAB", {"kind": "ud", "scheme": "BAOAB", "substeps": 3, "geodesic": False}),
     ("BAOAB-rattle", {"kind": "ud", "scheme": "BAOAB", "geodesic": False}),
-    ("BAOAB-tau0.3-gamma2.5", {"kind": "ud", "scheme": "BAOAB", "temperature": 0.3,
-                               "friction": 2.5}),  # fmt: skip
+    (
+        "BAOAB-tau0.3-gamma2.5",
+        {"kind": "ud", "scheme": "BAOAB", "temperature": 0.3, "friction": 2.5},
+    ),
     ("BAOAB-tau0", {"kind": "ud", "scheme": "BAOAB", "temperature": 0.0}),
     ("BAOAB-gamma0", {"kind": "ud", "scheme": "BAOAB", "friction": 0.0}),
     ("euler", {"kind": "od", "scheme": "euler"}),
@@ -72,8 +74,9 @@ def sampler_cases() -> Iterator[tuple[str, Callable[[], dict[str, torch.Tensor]]
             if label == "BAOAB-rattle" and not geodesic:
                 continue  # the same run as BAOAB
             for big in (False, True) if label in _LARGE_STEPS else (False,):
-                yield f"sampler/{case.name}/{label}/{'large' if big else 'small'}", (
-                    lambda case=case, kw=kw, big=big: _run_sampler(case, dict(kw), big)
+                yield (
+                    f"sampler/{case.name}/{label}/{'large' if big else 'small'}",
+                    (lambda case=case, kw=kw, big=big: _run_sampler(case, dict(kw), big)),
                 )
 
 
@@ -100,10 +103,14 @@ def _run_sampler(case, kw: dict, big: bool) -> dict[str, torch.Tensor]:
             xs.append(state.x)
             oks.append(ok)
             fins.append(finite)
-    out = {"x": torch.stack(xs), "ok": torch.stack(oks), "finite": torch.stack(fins),
-           "force": state.force,
-           # the next draws pin how many normals the run consumed
-           "next_normals": torch.randn(4, generator=noise, dtype=DTYPE)}  # fmt: skip
+    out = {
+        "x": torch.stack(xs),
+        "ok": torch.stack(oks),
+        "finite": torch.stack(fins),
+        "force": state.force,
+        # the next draws pin how many normals the run consumed
+        "next_normals": torch.randn(4, generator=noise, dtype=DTYPE),
+    }
     if state.p is not None:
         out["p"] = state.p
     return out
@@ -111,7 +118,11 @@ def _run_sampler(case, kw: dict, big: bool) -> dict[str, torch.Tensor]:
 
 def sample_loop_cases() -> Iterator[tuple[str, Callable[[], dict[str, torch.Tensor]]]]:
     """The sampling loop itself: averages, batch-means errors, residuals and failure counts."""
-    for name, strict in (("sphere-r2.5-d10", False), ("ellipse", False), ("stiefel-tall-6x3", True)):
+    for name, strict in (
+        ("sphere-r2.5-d10", False),
+        ("ellipse", False),
+        ("stiefel-tall-6x3", True),
+    ):
         case = next(c for c in CASES if c.name == name)
         yield f"sample/{name}", lambda case=case, strict=strict: _run_sample(case, strict)
 
@@ -123,8 +134,16 @@ def _run_sample(case, strict: bool) -> dict[str, torch.Tensor]:
     sampler = ml.Langevin(case.make(), _potential(shape), step_size=0.2, friction=0.8)
     first = (0,) * len(shape)
     obs = {"first": lambda x: x[(..., *first)], "square": lambda x: x * x}
-    out = sampler.sample(x0, n_steps=60, burn_in=10, thin=2, n_batches=5, observables=obs,
-                         generator=torch.Generator().manual_seed(7), strict=strict)  # fmt: skip
+    out = sampler.sample(
+        x0,
+        n_steps=60,
+        burn_in=10,
+        thin=2,
+        n_batches=5,
+        observables=obs,
+        generator=torch.Generator().manual_seed(7),
+        strict=strict,
+    )
     rec = {f"mean/{k}": v for k, v in out.means.items()}
     rec.update({f"stderr/{k}": v for k, v in out.stderrs.items()})
     rec.update({f"batch_means/{k}": v for k, v in out.batch_means.items()})
@@ -139,8 +158,15 @@ def _parameters() -> dict[str, torch.Tensor]:
     """Named parameters: tall, wide and square matrices (two of each tall shape, so that they
     are stacked), a conv kernel, vectors and a scalar-like bias."""
     g = torch.Generator().manual_seed(3)
-    shapes = {"tall_a": (6, 3), "tall_b": (6, 3), "wide": (3, 5), "square": (4, 4),
-              "conv": (4, 2, 2, 2), "vec": (5,), "pair": (4, 2)}  # fmt: skip
+    shapes = {
+        "tall_a": (6, 3),
+        "tall_b": (6, 3),
+        "wide": (3, 5),
+        "square": (4, 4),
+        "conv": (4, 2, 2, 2),
+        "vec": (5,),
+        "pair": (4, 2),
+    }
     return {k: 0.3 * torch.randn(s, generator=g, dtype=DTYPE) for k, s in shapes.items()}
 
 
@@ -170,8 +196,10 @@ COLA_VARIANTS: list[tuple[str, dict]] = [
     ("ud-tau0.01", {"scheme": "ud", "temperature": 0.01}),
     ("ud-tau0.01-geodesic", {"scheme": "ud", "temperature": 0.01, "geodesic": True}),
     ("ud-tau0.01-rattle", {"scheme": "ud", "temperature": 0.01, "geodesic": False}),
-    ("ud-tau0-rattle-sub2", {"scheme": "ud", "temperature": 0.0, "geodesic": False,
-                             "substeps": 2}),  # fmt: skip
+    (
+        "ud-tau0-rattle-sub2",
+        {"scheme": "ud", "temperature": 0.0, "geodesic": False, "substeps": 2},
+    ),
     ("ud-tau0-full-kick", {"scheme": "ud", "temperature": 0.0, "first_kick": "full"}),
     ("ud-tau0.01-mask", {"scheme": "ud", "temperature": 0.01, "on_nonfinite": "mask"}),
     ("od-tau0", {"scheme": "od", "temperature": 0.0}),
@@ -179,8 +207,10 @@ COLA_VARIANTS: list[tuple[str, dict]] = [
     ("od-tau0.01-geodesic", {"scheme": "od", "temperature": 0.01, "geodesic": True}),
     ("od-tau0.01-mask", {"scheme": "od", "temperature": 0.01, "on_nonfinite": "mask"}),
     ("ud-large-reject", {"scheme": "ud", "temperature": 0.05, "lr": 1.4}),
-    ("ud-large-subdivide", {"scheme": "ud", "temperature": 0.05, "lr": 1.4,
-                            "on_failure": "subdivide"}),  # fmt: skip
+    (
+        "ud-large-subdivide",
+        {"scheme": "ud", "temperature": 0.05, "lr": 1.4, "on_failure": "subdivide"},
+    ),
     ("ud-gamma-inf", {"scheme": "ud", "temperature": 0.01, "friction": math.inf}),
 ]
 
@@ -201,8 +231,11 @@ def _group_params(label: str, names: tuple[str, ...], params: dict, opts: dict):
             m = p.reshape(p.shape[0], -1) if p.dim() >= 2 else p
             p = (m * (opts["radius"] / m.norm(dim=-1, keepdim=True))).reshape(p.shape)
         elif c in ("sphere-object", "geoopt"):
-            p = p * (2.0 / p.norm(dim=-1, keepdim=True)) if c == "sphere-object" else (
-                p / p.norm(dim=-1, keepdim=True))
+            p = (
+                p * (2.0 / p.norm(dim=-1, keepdim=True))
+                if c == "sphere-object"
+                else (p / p.norm(dim=-1, keepdim=True))
+            )
         elif c == _ELLIPSE:
             t = torch.atan2(p[..., 1], p[..., 0])
             p = torch.stack([2 * torch.cos(t), torch.sin(t)], dim=-1)
@@ -219,8 +252,9 @@ def _group_constraint(opts: dict):
     if c == "sphere-object":
         return {"constraint": ml.Sphere(2.0)}
     if c == _ELLIPSE:
-        return {"constraint": ml.ImplicitManifold(lambda x: x[..., :1] ** 2 / 4 + x[..., 1:] ** 2
-                                                  - 1)}  # fmt: skip
+        return {
+            "constraint": ml.ImplicitManifold(lambda x: x[..., :1] ** 2 / 4 + x[..., 1:] ** 2 - 1)
+        }
     if c == "geoopt":
         return {"constraint": None}
     out = {"constraint": c}
@@ -233,13 +267,15 @@ def cola_cases() -> Iterator[tuple[str, Callable[[], dict[str, torch.Tensor]]]]:
     """Every constraint group with every variant, and one optimizer holding all the groups."""
     for glabel, names, opts in COLA_GROUPS:
         for vlabel, var in COLA_VARIANTS:
-            yield f"cola/{glabel}/{vlabel}", (
-                lambda g=(glabel, names, opts), v=var: _run_cola([g], dict(v))
+            yield (
+                f"cola/{glabel}/{vlabel}",
+                (lambda g=(glabel, names, opts), v=var: _run_cola([g], dict(v))),
             )
     for vlabel, var in COLA_VARIANTS:
         yield f"cola/all-groups/{vlabel}", lambda v=var: _run_cola(COLA_GROUPS, dict(v))
-    yield "cola/all-groups/lr-schedule", lambda: _run_cola(
-        COLA_GROUPS, {"scheme": "ud", "temperature": 0.01}, schedule=True
+    yield (
+        "cola/all-groups/lr-schedule",
+        lambda: _run_cola(COLA_GROUPS, {"scheme": "ud", "temperature": 0.01}, schedule=True),
     )
 
 
