@@ -1,13 +1,14 @@
 """manifold_langevin: constrained Langevin dynamics on manifolds, for sampling and for training.
 
-The state stays on a constraint set ``g(x) = 0`` at every step. Layers (imports point downwards):
-``manifolds`` (what the set is), ``integrators`` (how to step), ``sampling`` (drive chains),
-``optim`` (the neural-network optimizer).
+The state stays on a constraint set ``g(x) = 0`` at every step. Layers (each imports only those
+before it): ``manifolds`` (what the set is), ``integrators`` (how to step), ``sampling`` (drive
+chains), ``testing`` (problems with exact values and the checks users run), ``optim`` (the
+neural-network optimizer), ``nn`` (data, models, the training loop, checkpoints), ``cli``.
 """
 
-from . import errors, integrators, manifolds
+from . import errors, integrators, manifolds, sampling
 from .errors import NonFiniteError, OffManifoldError, ShakeError
-from .integrators import Langevin, OverdampedLangevin, State
+from .integrators import State
 from .manifolds import (
     Circles,
     ConstrainedManifold,
@@ -18,7 +19,7 @@ from .manifolds import (
     Stiefel,
     as_manifold,
 )
-from .sampling import SampleResult, sample
+from .sampling import Langevin, OverdampedLangevin, SampleResult, sample
 
 __version__ = "0.1.0"
 
@@ -43,12 +44,14 @@ __all__ = [
     "integrators",
     "manifolds",
     "sample",
+    "sampling",
 ]
 
 
 def __getattr__(name):
-    # optim, data, training and checkpoint import lazily so that samplers load without them
-    if name in ("optim", "data", "training", "checkpoint"):
+    # the optimizer, the neural-network helpers, the validation harness and the command line
+    # import lazily, so that the samplers load without them
+    if name in ("optim", "nn", "testing", "cli"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

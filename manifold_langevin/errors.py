@@ -54,7 +54,7 @@ class ShakeError(RuntimeError):
 class CheckpointError(ValueError):
     """A checkpoint file cannot be read, or does not fit the run that tries to resume from it.
 
-    Raised by :func:`~manifold_langevin.checkpoint.load_checkpoint` (truncated or corrupt file)
-    and by ``manifold-langevin train --resume`` (a checkpoint of another configuration; the
-    message names every setting that differs).
+    Raised by [`load_checkpoint`][manifold_langevin.nn.checkpoint.load_checkpoint] (truncated or
+    corrupt file) and by ``manifold-langevin train --resume`` (a checkpoint of another
+    configuration; the message names every setting that differs).
     """

@@ -26,8 +26,8 @@ import pytest
 import torch
 
 import manifold_langevin as ml
-from manifold_langevin import sampling
 from manifold_langevin.optim import CoLA, orthogonal_init_
+from manifold_langevin.sampling import loop as sampling
 
 _SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from manifold_langevin.manifolds.circles import circle_kick_rotate
+from manifold_langevin.integrators.circle_substeps import circle_kick_rotate
 from validation.bench_optim import environment
 
 __all__ = ["main", "reduced_cos_sin", "run"]

@@ -14,8 +14,8 @@ import json
 import shutil
 from pathlib import Path
 
-from validation.problems import PROBLEMS
-from validation.weak_order import table as order_table
+from manifold_langevin.testing.problems import PROBLEMS
+from manifold_langevin.testing.weak_order import table as order_table
 
 RESULTS = Path(__file__).parent / "results"
 DOCS = Path(__file__).parent.parent / "docs"
@@ -111,7 +111,7 @@ Every number on this page comes from a script in `validation/` and the JSON it c
 
 ## Invariant measure
 
-`python -m validation.invariant_measure` ({im["meta"]["seconds"] / 60:.0f} minutes on one CPU
+`python -m manifold_langevin.testing.invariant_measure` ({im["meta"]["seconds"] / 60:.0f} minutes on one CPU
 thread) runs every scheme on every problem from a fixed seed and compares time-and-chain averages
 with exact values under `exp(-U/tau)` times the surface measure. `z` is (estimate - exact) /
 batch-means standard error; a correct sampler also *misses* the conditional measure where that
@@ -135,7 +135,7 @@ is first order on curved sets (below). Every underdamped scheme is within its al
 
 ## Weak order
 
-`python -m validation.weak_order` ({wo["seconds"] / 60:.0f} minutes): von Mises-Fisher on S^2
+`python -m manifold_langevin.testing.weak_order` ({wo["seconds"] / 60:.0f} minutes): von Mises-Fisher on S^2
 (`kappa = {wo["kappa"]:g}`, observable `z`), step-size sweeps at fixed physical time. Each point is
 a coarse/fine pair (`h`, `h/2`) driven by the same Brownian increments, so the difference
 `D(h) = E_h - E_(h/2)` is resolved down to 1e-5; the slope of `|D|` against `h` is the weak order.

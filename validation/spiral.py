@@ -5,7 +5,7 @@ spiral with about 100 points and reports test accuracies SGD 81%, SGD + weight d
 constrained SGD 86.95%, SGLD 84.45%, constrained SGLD 91.7%; its architecture and hyperparameters
 are not stated. This script runs the same five methods on a set-up of ours:
 
-* data: :func:`manifold_langevin.data.spirals`, 1.5 turns, coordinate noise 0.1 (arms 0.33 apart);
+* data: :func:`manifold_langevin.nn.data.spirals`, 1.5 turns, coordinate noise 0.1 (arms 0.33 apart);
   100 training points and 10,000 test points from the same distribution, a fresh draw per seed.
   The Bayes accuracy of this distribution is about 93.4% (a 200-nearest-neighbour classifier fit
   to 200,000 points);
@@ -59,9 +59,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from manifold_langevin import data
+from manifold_langevin.nn import data
 from manifold_langevin.optim import CoLA, constrained_groups
-from manifold_langevin.training import mlp, train
+from manifold_langevin.nn import mlp, train
 
 __all__ = ["METHODS", "QUICK", "SETTINGS", "Settings", "main", "make_optimizer", "run", "table"]
 

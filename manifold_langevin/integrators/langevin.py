@@ -4,78 +4,80 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_int
+from .._checks import check_int, check_positive
 from ..errors import NonFiniteError
-from .dynamics import Dynamics, State, check_positive
-from .schemes import SCHEMES, parse_scheme
-from .substeps import drift, kick, ornstein_uhlenbeck, ou_coefficients
+from .base import Dynamics, State, chain_mask
+from .schemes import parse_scheme, scheme_order
+from .substeps import damped_drift, drift, kick, ornstein_uhlenbeck, ou_coefficients
 
-__all__ = ["Langevin"]
+__all__ = ["LangevinIntegrator"]
 
 
-class Langevin(Dynamics):
+class LangevinIntegrator(Dynamics):
     r"""Constrained underdamped Langevin dynamics (unit mass, Euclidean metric).
 
-    Solves, on :math:`\Sigma = \{g = 0\}`,
+    Solves, on $\Sigma = \{g = 0\}$,
 
-    .. math::
-        dx = p\,dt, \qquad
-        dp = -\nabla U(x)\,dt - \gamma p\,dt + \sqrt{2\gamma\tau}\,dW + \nabla g(x)\,d\lambda,
+    $$
+    dx = p\,dt, \qquad
+    dp = -\nabla U(x)\,dt - \gamma p\,dt + \sqrt{2\gamma\tau}\,dW + \nabla g(x)\,d\lambda,
+    $$
 
-    with :math:`g(x) = 0` and :math:`J(x) p = 0`, whose invariant measure is
-    :math:`\exp(-U/\tau)` times the *surface* (Hausdorff) measure of :math:`\Sigma` (not the
-    conditional measure, which carries an extra :math:`\det(J J^T)^{-1/2}`), times a Gaussian on the
-    tangent momenta.
+    with $g(x) = 0$ and $J(x) p = 0$, whose invariant measure is $\exp(-U/\tau)$ times the
+    *surface* (Hausdorff) measure of $\Sigma$ (not the conditional measure, which carries an
+    extra $\det(J J^\top)^{-1/2}$), times a Gaussian on the tangent momenta.
 
-    The scheme is a word in the sub-steps of :mod:`manifold_langevin.integrators.substeps`; each
-    letter's total time is :math:`h`, e.g. BAOAB = :math:`B_{h/2} A_{h/2} O_h A_{h/2} B_{h/2}`:
+    The scheme is a word in the sub-steps of
+    [`substeps`][manifold_langevin.integrators.substeps]; each letter's total time is $h$,
+    e.g. BAOAB = $B_{h/2} A_{h/2} O_h A_{h/2} B_{h/2}$:
 
-    .. math::
-        p &\leftarrow P(x)\,(p + \tfrac h2 F(x)) \\
-        (x, p) &\leftarrow \Phi^A_{h/2}(x, p) \\
-        p &\leftarrow e^{-\gamma h} p + \sqrt{\tau(1 - e^{-2\gamma h})}\,P(x) R \\
-        (x, p) &\leftarrow \Phi^A_{h/2}(x, p) \\
-        p &\leftarrow P(x)\,(p + \tfrac h2 F(x))
+    $$
+    \begin{aligned}
+    p &\leftarrow P(x)\,(p + \tfrac h2 F(x)) \\
+    (x, p) &\leftarrow \Phi^A_{h/2}(x, p) \\
+    p &\leftarrow e^{-\gamma h} p + \sqrt{\tau(1 - e^{-2\gamma h})}\,P(x) R \\
+    (x, p) &\leftarrow \Phi^A_{h/2}(x, p) \\
+    p &\leftarrow P(x)\,(p + \tfrac h2 F(x))
+    \end{aligned}
+    $$
 
-    where :math:`\Phi^A` is the exact geodesic flow when the manifold has one (sphere, circles,
+    where $\Phi^A$ is the exact geodesic flow when the manifold has one (sphere, circles,
     Stiefel) and otherwise ``substeps`` RATTLE steps (g-BAOAB). One force evaluation per step.
     BAOAB, ABOBA and OBABO have weak order 2 for configurational averages (the attribute
-    ``order``; measured by ``python -m validation.weak_order``). References: T. Lelièvre,
-    M. Rousset, G. Stoltz, Math. Comp. 81 (2012) (constrained Langevin dynamics and their
-    invariant measure); B. Leimkuhler, C. Matthews, Proc. R. Soc. A 472, 20160138 (2016)
+    ``order``, from the scheme registry
+    [`SCHEMES`][manifold_langevin.integrators.schemes.SCHEMES]; measured by the weak-order
+    study of [`manifold_langevin.testing`][manifold_langevin.testing]). References:
+    T. Lelièvre, M. Rousset, G. Stoltz, Math. Comp. 81 (2012) (constrained Langevin dynamics and
+    their invariant measure); B. Leimkuhler, C. Matthews, Proc. R. Soc. A 472, 20160138 (2016)
     (constrained BAOAB and g-BAOAB); B. Leimkuhler, T. Vlaar, T. Pouchon, A. Storkey, ICML 2021
     (their use for training neural networks).
 
     Failures: a chain whose SHAKE solve fails in a step (the tangential move is too large for the
     curvature) is left where it was and its momentum is redrawn from the tangent Gaussian at
-    temperature ``tau`` (zero at ``tau = 0``); the step is counted as a failure. This is a valid
-    Gibbs move on ``p`` but its trigger depends on the state, so it biases averages by an amount of
-    the order of the failure rate, which :meth:`sample` reports. A closed-form flow fails only
-    when rounding takes its result off the manifold (a step far too large, e.g. ``|h p|`` of
+    temperature $\tau$ (zero at $\tau = 0$); the step is counted as a failure. This is a valid
+    Gibbs move on $p$ but its trigger depends on the state, so it biases averages by an amount
+    of the order of the failure rate, which the sampler reports. A closed-form flow fails only
+    when rounding takes its result off the manifold (a step far too large, e.g. $|h p|$ of
     tens in float32 on Stiefel); the chain is then left where it was with its momentum (no draw,
     so the noise stream is unchanged) and the step is counted as a failure.
 
     Args:
         manifold: the constraint set (ours or a plain geoopt Sphere/Stiefel/Euclidean).
-        potential: ``U(x)``, one energy per chain (``None``: ``U = 0``).
-        step_size: ``h > 0``.
-        friction: ``gamma >= 0`` (``0``: constrained Hamiltonian dynamics by RATTLE).
-        temperature: ``tau >= 0``.
-        scheme: ``"BAOAB"`` (default), ``"ABOBA"`` or ``"OBABO"``.
-        substeps: RATTLE sub-steps ``K`` per A step when no exact geodesic is used.
+        potential: $U(x)$, one energy per chain (``None``: $U = 0$).
+        step_size: $h > 0$.
+        friction: $\gamma \ge 0$ (``0``: constrained Hamiltonian dynamics by RATTLE; ``inf``:
+            the momentum is redrawn at every O step).
+        temperature: $\tau \ge 0$.
+        scheme: ``"BAOAB"`` (default), ``"ABOBA"``, ``"OBABO"`` or any word in A, B and O.
+        substeps: RATTLE sub-steps $K$ per A step when no exact geodesic is used.
         geodesic: ``None`` uses the closed-form geodesic when the manifold has one; ``False``
             forces RATTLE.
-        force: optional explicit ``-grad U``.
-
-    Example:
-        >>> import manifold_langevin as ml
-        >>> sampler = ml.Langevin(ml.Sphere(), potential=lambda x: -2.0 * x[..., 2],
-        ...                       step_size=0.1, friction=1.0)
-        >>> x0 = torch.nn.functional.normalize(torch.ones(64, 3, dtype=torch.float64), dim=-1)
-        >>> out = sampler.sample(x0, n_steps=200, observables={"z": lambda x: x[..., 2]},
-        ...                      generator=torch.Generator().manual_seed(0))
-        >>> out.max_residual < 1e-12
-        True
+        fuse: where the O step between two A steps draws no noise ($\tau = 0$, or
+            $\gamma = 0$), evaluate ``A O A`` as one A step followed by the damping
+            ([`damped_drift`][manifold_langevin.integrators.substeps.damped_drift]): the same
+            map for geodesic flows, one SHAKE solve instead of two with RATTLE (the two agree to
+            $O(h^3)$ per step). Off by default.
+        force: optional explicit $-\nabla U$.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class Langevin(Dynamics):
         scheme: str = "BAOAB",
         substeps: int = 1,
         geodesic: bool | None = None,
+        fuse: bool = False,
         force=None,
     ):
         super().__init__(
@@ -98,22 +101,28 @@ class Langevin(Dynamics):
         self.substeps = check_int("substeps", substeps)
         if geodesic not in (None, True, False):
             raise ValueError(f"geodesic must be None, True or False, got {geodesic!r}")
+        if fuse not in (True, False):
+            raise ValueError(f"fuse must be True or False, got {fuse!r}")
         self.scheme = scheme.upper() if isinstance(scheme, str) else scheme
         plan = parse_scheme(scheme)
-        self.order = SCHEMES.get(self.scheme, 1)
+        self.order = scheme_order(self.scheme)
         self.use_geodesic = self.manifold.has_geodesic and geodesic is not False
+        self.fuse = bool(fuse)
         self._plan = []
         for letter, frac in plan:
             h = frac * self.step_size
             c1, c2 = ou_coefficients(self.friction, self.temperature, h)
             self._plan.append((letter, h, c1, c2))
+        if self.fuse:
+            self._plan = _fuse_noiseless(self._plan)
         # only RATTLE can fail; a redraw then needs noise, which costs nothing when tau = 0
         self._can_fail = not self.use_geodesic
 
     def __repr__(self) -> str:
         return (
-            f"Langevin({self.manifold!r}, scheme={self.scheme}, step_size={self.step_size}, "
-            f"friction={self.friction}, temperature={self.temperature}, substeps={self.substeps})"
+            f"{type(self).__name__}({self.manifold!r}, scheme={self.scheme}, "
+            f"step_size={self.step_size}, friction={self.friction}, "
+            f"temperature={self.temperature}, substeps={self.substeps})"
         )
 
     def maxwell(self, x: torch.Tensor, generator=None) -> torch.Tensor:
@@ -151,8 +160,12 @@ class Langevin(Dynamics):
                 if f is None:
                     f = self.force(x)
                 p = kick(m, x, p, f, h)
-            elif letter == "A":
-                x, p, ok_a = drift(m, x, p, h, substeps=self.substeps, geodesic=self.use_geodesic)
+            elif letter in "AF":
+                kw = {"substeps": self.substeps, "geodesic": self.use_geodesic}
+                if letter == "A":
+                    x, p, ok_a = drift(m, x, p, h, **kw)
+                else:  # a fused A O A with a noiseless O: h is the step, c1 the damping
+                    x, p, ok_a = damped_drift(m, x, p, h, c1, **kw)
                 ok = ok_a if ok is None else ok & ok_a
                 f = None
             else:
@@ -160,7 +173,7 @@ class Langevin(Dynamics):
         if f is None:
             f = self.force(x)
         finite = self._finite(x, p, f)
-        keep = self._mask(~(ok & finite), x)
+        keep = chain_mask(~(ok & finite), x)
         p_back = self.maxwell(state.x, generator) if self._can_fail else state.p
         new = State(
             torch.where(keep, state.x, x),
@@ -168,3 +181,21 @@ class Langevin(Dynamics):
             torch.where(keep, state.force, f),
         )
         return new, ok, finite
+
+
+def _fuse_noiseless(plan: list[tuple]) -> list[tuple]:
+    """``A(a) O A(b)`` with a noiseless O and ``a = b`` becomes one fused letter ``F`` of total
+    step ``2a`` (the O's damping ``c1`` kept), as in
+    [`damped_drift`][manifold_langevin.integrators.substeps.damped_drift]."""
+    out, i = [], 0
+    while i < len(plan):
+        window = plan[i : i + 3]
+        letters = "".join(item[0] for item in window)
+        if letters == "AOA" and window[1][3] == 0.0 and window[0][1] == window[2][1]:
+            c1 = window[1][2]
+            out.append(("F", 2.0 * window[0][1], c1, 0.0))
+            i += 3
+        else:
+            out.append(plan[i])
+            i += 1
+    return out

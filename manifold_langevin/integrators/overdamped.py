@@ -7,44 +7,45 @@ import math
 import torch
 
 from .._checks import check_int
-from .dynamics import Dynamics, State
-from .langevin import Langevin
+from .base import Dynamics, State, chain_mask
+from .langevin import LangevinIntegrator
+from .schemes import SCHEMES
 from .substeps import euler
 
-__all__ = ["OverdampedLangevin"]
+__all__ = ["OverdampedIntegrator"]
 
-#: weak order of stationary averages on a curved manifold (``"lm"`` is 2 in flat space)
-_ORDERS = {"euler": 1, "lm": 1}
+_OVERDAMPED = tuple(name for name, s in SCHEMES.items() if s.dynamics == "overdamped")
 
 
-class OverdampedLangevin(Dynamics):
+class OverdampedIntegrator(Dynamics):
     r"""Constrained overdamped (Brownian) Langevin dynamics.
 
-    .. math::
-        dx = -\nabla U(x)\,dt + \sqrt{2\tau}\,dW + \nabla g(x)\,d\lambda, \qquad g(x) = 0,
+    $$
+    dx = -\nabla U(x)\,dt + \sqrt{2\tau}\,dW + \nabla g(x)\,d\lambda, \qquad g(x) = 0,
+    $$
 
-    invariant measure :math:`\exp(-U/\tau)` times the surface measure of :math:`\Sigma`.
+    invariant measure $\exp(-U/\tau)$ times the surface measure of $\Sigma$.
 
-    Schemes (step :math:`\delta t` = ``step_size``, :math:`R_n` standard normal):
+    Schemes (step $\delta t$ = ``step_size``, $R_n$ standard normal):
 
     * ``"euler"``: projected Euler-Maruyama,
-      :math:`x_{n+1} = x_n + \delta t F(x_n) + \sqrt{2\delta t\tau} R_n + J(x_n)^T\lambda`
-      with :math:`g(x_{n+1}) = 0` solved by SHAKE. Weak order 1. SHAKE has no solution when the
+      $x_{n+1} = x_n + \delta t F(x_n) + \sqrt{2\delta t\tau} R_n + J(x_n)^T\lambda$
+      with $g(x_{n+1}) = 0$ solved by SHAKE. Weak order 1. SHAKE has no solution when the
       tangential move is too large for the curvature (on the unit sphere about 0.2% of chain-steps
-      at :math:`\delta t = 0.04`); such a step is rejected (the chain stays) and counted, which
+      at $\delta t = 0.04$); such a step is rejected (the chain stays) and counted, which
       biases averages by an amount of the order of the failure rate.
     * ``"lm"``: the constrained BAOAB limit (Leimkuhler & Matthews, Proc. R. Soc. A 472, 2016):
-      BAOAB with infinite friction and :math:`h = \sqrt{2\delta t}`; unconstrained it reads
-      :math:`x_{n+1} = x_n + \delta t F(x_n) + \sqrt{\delta t\tau/2}\,(R_n + R_{n+1})`. It carries
+      BAOAB with infinite friction and $h = \sqrt{2\delta t}$; unconstrained it reads
+      $x_{n+1} = x_n + \delta t F(x_n) + \sqrt{\delta t\tau/2}\,(R_n + R_{n+1})$. It carries
       the last noise as a momentum and uses exact geodesics where they exist. In flat space
       (no constraint, or linear ones) its stationary averages are second order in
-      :math:`\delta t`; on curved manifolds we measure first order (von Mises-Fisher on
-      :math:`S^2`, with geodesic or RATTLE A-steps), with an error constant about 20 times smaller
+      $\delta t$; on curved manifolds we measure first order (von Mises-Fisher on
+      $S^2$, with geodesic or RATTLE A-steps), with an error constant about 20 times smaller
       than projected Euler-Maruyama's and no SHAKE failures when geodesics are used. Laurent &
       Vilmart (Found. Comput. Math., 2022) give the order conditions that a constrained
       scheme needs for second order.
 
-    Both leave invariant, in the limit :math:`\delta t \to 0`, the same measure as the SDE;
+    Both leave invariant, in the limit $\delta t \to 0$, the same measure as the SDE;
     the attribute ``order`` holds the stated weak order of the chosen scheme (1 for both on curved
     manifolds, see above). References: G. Ciccotti, T. Lelièvre, E. Vanden-Eijnden, "Projection
     of diffusions on submanifolds", Comm. Pure Appl. Math. 61 (2008) (the projected dynamics and
@@ -59,16 +60,6 @@ class OverdampedLangevin(Dynamics):
         scheme: ``"euler"`` (default) or ``"lm"``.
         substeps: RATTLE sub-steps per A step of ``"lm"`` where no geodesic exists.
         force: optional explicit ``-grad U``.
-
-    Example:
-        >>> import manifold_langevin as ml
-        >>> od = ml.OverdampedLangevin(ml.Sphere(), potential=lambda x: -2.0 * x[..., 2],
-        ...                            step_size=0.01, scheme="lm")
-        >>> x0 = torch.nn.functional.normalize(torch.ones(64, 3, dtype=torch.float64), dim=-1)
-        >>> out = od.sample(x0, n_steps=100, observables={"z": lambda x: x[..., 2]},
-        ...                 generator=torch.Generator().manual_seed(0))
-        >>> od.order, out.max_residual < 1e-12, out.n_failures
-        (1, True, 0)
     """
 
     def __init__(
@@ -85,14 +76,14 @@ class OverdampedLangevin(Dynamics):
         super().__init__(
             manifold, potential, force=force, step_size=step_size, temperature=temperature
         )
-        if not isinstance(scheme, str) or scheme not in _ORDERS:
+        if not isinstance(scheme, str) or scheme not in _OVERDAMPED:
             raise ValueError(f"scheme must be 'euler' or 'lm', got {scheme!r}")
         check_int("substeps", substeps)
         self.scheme = scheme
-        self.order = _ORDERS[scheme]
+        self.order = SCHEMES[scheme].order
         self._limit = None
         if scheme == "lm":
-            self._limit = Langevin(
+            self._limit = LangevinIntegrator(
                 self.manifold,
                 potential,
                 force=force,
@@ -104,7 +95,7 @@ class OverdampedLangevin(Dynamics):
 
     def __repr__(self) -> str:
         return (
-            f"OverdampedLangevin({self.manifold!r}, scheme={self.scheme}, "
+            f"{type(self).__name__}({self.manifold!r}, scheme={self.scheme}, "
             f"step_size={self.step_size}, temperature={self.temperature})"
         )
 
@@ -130,6 +121,6 @@ class OverdampedLangevin(Dynamics):
         )
         f_new = self.force(x_new)
         finite = self._finite(x_new, f_new)
-        keep = self._mask(~(ok & finite), state.x)
+        keep = chain_mask(~(ok & finite), state.x)
         new = State(torch.where(keep, state.x, x_new), None, torch.where(keep, state.force, f_new))
         return new, ok, finite

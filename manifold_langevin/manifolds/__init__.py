@@ -3,8 +3,9 @@
 from .adapters import as_manifold
 from .base import ConstrainedManifold, default_tolerance
 from .circles import Circles, circle_project, circle_rotate
+from .euclidean import Euclidean
 from .implicit import ImplicitManifold
-from .product import Euclidean, Product
+from .product import Product
 from .sphere import Sphere
 from .stiefel import Stiefel
 

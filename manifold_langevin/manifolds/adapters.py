@@ -5,6 +5,9 @@ from __future__ import annotations
 import geoopt
 
 from .base import ConstrainedManifold
+from .euclidean import Euclidean
+from .sphere import Sphere
+from .stiefel import Stiefel
 
 __all__ = ["as_manifold"]
 
@@ -12,18 +15,14 @@ __all__ = ["as_manifold"]
 def as_manifold(manifold) -> ConstrainedManifold:
     """Return the constrained manifold for ``manifold``.
 
-    Ours pass through unchanged. ``geoopt.Sphere()`` becomes :class:`Sphere` (radius 1),
-    ``geoopt.Stiefel()`` (canonical or Euclidean) becomes :class:`Stiefel` (the Langevin dynamics
+    Ours pass through unchanged. ``geoopt.Sphere()`` becomes [`Sphere`][] (radius 1),
+    ``geoopt.Stiefel()`` (canonical or Euclidean) becomes [`Stiefel`][] (the Langevin dynamics
     always use the Euclidean metric of the embedding), ``geoopt.Euclidean(ndim)`` becomes
-    :class:`Euclidean`. A ``geoopt.ManifoldParameter`` is replaced by its manifold.
+    [`Euclidean`][]. A ``geoopt.ManifoldParameter`` is replaced by its manifold.
 
     Raises:
         TypeError: for anything else, naming the type.
     """
-    from .product import Euclidean
-    from .sphere import Sphere
-    from .stiefel import Stiefel
-
     if isinstance(manifold, geoopt.ManifoldParameter):
         manifold = manifold.manifold
     if isinstance(manifold, ConstrainedManifold):

@@ -1,4 +1,4 @@
-"""The constraint view of a manifold, on top of :class:`geoopt.Manifold`.
+"""The constraint view of a manifold, on top of `geoopt.Manifold`.
 
 A constrained manifold is a level set ``Sigma = {x : g(x) = 0}`` embedded in Euclidean space with
 the Euclidean metric. Points carry ``ndim`` trailing *event* dimensions (1 for vectors, 2 for
@@ -83,16 +83,23 @@ def event_sum(t: torch.Tensor, ndim: int, keepdim: bool = False) -> torch.Tensor
 class ConstrainedManifold(geoopt.Manifold):
     """Base class: a level set ``g(x) = 0`` with the Euclidean metric.
 
-    Subclasses implement :meth:`constraint` and, for the generic Newton SHAKE, :meth:`jacobian`
+    Subclasses implement [`constraint`][] and, for the generic Newton SHAKE, [`jacobian`][]
     (dense, ``(..., m, N)`` with ``N`` the flattened event size). Closed-form subclasses override
-    :meth:`jvp`, :meth:`vjp`, :meth:`proju`, :meth:`shake` and :meth:`geodesic` instead.
+    [`jvp`][], [`vjp`][], [`proju`][], [`shake`][] and [`geodesic`][] instead.
 
     Attributes:
         ndim: number of trailing event dimensions of a point.
-        has_geodesic: whether :meth:`geodesic` is an exact closed form.
-        rattle_absorbs_normal: whether :meth:`rattle` absorbs a normal part of the momentum
+        has_geodesic: whether [`geodesic`][] is an exact closed form.
+        rattle_absorbs_normal: whether [`rattle`][] absorbs a normal part of the momentum
             exactly in its starting guess (then a kick before it may skip its projection at no
             cost in convergence; the generic SHAKE starts from zero multipliers instead).
+        cheap_geodesic: whether the closed-form geodesic costs about as much as a RATTLE step,
+            so that an optimizer, which weighs cost against exactness, takes it by default
+            (samplers always default to the exact flow). ``False`` for Stiefel, whose geodesic
+            needs two matrix exponentials.
+        flags_nonfinite: whether the convergence flags of [`shake`][] and [`rattle`][] are
+            already ``False`` wherever the returned point or momentum is not finite (their
+            residual test sees every NaN/Inf), so that a caller need not check finiteness again.
         max_iter: iteration budget of the SHAKE solve.
         newton: ``True`` for Newton, ``False`` for simplified Newton (the iteration matrix
             ``J(x~) J(x)^T`` is formed once, at the unconstrained point, and reused).
@@ -103,6 +110,8 @@ class ConstrainedManifold(geoopt.Manifold):
     reversible = False
     has_geodesic = False
     rattle_absorbs_normal = False
+    cheap_geodesic = True
+    flags_nonfinite = False
 
     def __init__(self, *, tol: float | None = None, max_iter: int = 12, newton: bool = True):
         super().__init__()
@@ -165,7 +174,7 @@ class ConstrainedManifold(geoopt.Manifold):
 
         Returns:
             ``(x_new, converged)`` with ``converged`` a boolean tensor of the batch shape: the final
-            residual is finite and at most :meth:`tolerance`. Where it is ``False`` the returned
+            residual is finite and at most [`tolerance`][]. Where it is ``False`` the returned
             point is garbage (possibly NaN) and must be discarded by the caller.
         """
         iters = self.max_iter if max_iter is None else max_iter
@@ -195,12 +204,12 @@ class ConstrainedManifold(geoopt.Manifold):
         scratch: dict | None = None,
         project: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        r"""One RATTLE step of size ``dt``: :meth:`shake` from ``x + dt p``, then the velocity
-        :math:`p' = P(x')\,(x' - x)/dt`, multiplied by ``scale``.
+        r"""One RATTLE step of size ``dt``: [`shake`][] from ``x + dt p``, then the velocity
+        $p' = P(x')\,(x' - x)/dt$, multiplied by ``scale``.
 
-        The A sub-step's one building block (:func:`~manifold_langevin.integrators.substeps.drift`
+        The A sub-step's one building block ([`drift`][manifold_langevin.integrators.substeps.drift]
         calls it for the samplers and the optimizer alike); manifolds with a faster fused form
-        (:meth:`Stiefel.rattle <manifold_langevin.Stiefel.rattle>`) override it. Only the tangent
+        ([`Stiefel.rattle`][manifold_langevin.Stiefel.rattle]) override it. Only the tangent
         part of ``p`` matters: a normal part is absorbed by the multipliers.
 
         Args:
@@ -214,7 +223,7 @@ class ConstrainedManifold(geoopt.Manifold):
                 for callers whose next use of ``p'`` only sees its tangent part.
 
         Returns:
-            ``(x', p', converged)`` as :meth:`shake` returns them.
+            ``(x', p', converged)`` as [`shake`][] returns them.
         """
         x_new, ok = self.shake(x, x + dt * p, max_iter=max_iter)
         p_new = (x_new - x) / dt
@@ -273,6 +282,7 @@ class ConstrainedManifold(geoopt.Manifold):
     def random_normal_tangent(self, x: torch.Tensor, generator=None) -> torch.Tensor:
         """A standard Gaussian on the tangent space at ``x`` (projected ambient normal).
 
-        ``generator`` is a ``torch.Generator`` or a noise source (:mod:`manifold_langevin.noise`).
+        ``generator`` is a ``torch.Generator`` or a noise source
+        ([`manifold_langevin.noise`][manifold_langevin.noise]).
         """
         return self.proju(x, standard_normal(x, generator))

@@ -1,9 +1,10 @@
 """The paper's per-weight circle constraint ``w^2 + xi^2 = r^2`` (magnitude control ``|w| <= r``).
 
 Each weight ``w`` gets an auxiliary variable ``xi``; the pair lives on a circle of radius ``r``. A
-point of :class:`Circles` is a tensor ``(..., 2)`` holding ``(w, xi)``. The optimizer keeps ``w`` as
-the parameter and ``xi`` in its state, so the maths is written once on separate components
-(:func:`circle_rotate`, :func:`circle_project`) and the manifold methods call them.
+point of [`Circles`][] is a tensor ``(..., 2)`` holding ``(w, xi)``. The optimizer keeps ``w`` as
+the parameter and ``xi`` in its state, so the closed forms are written once on separate components
+([`circle_rotate`][], [`circle_project`][]), the manifold methods call them, and so do the
+integrators' component forms (``manifold_langevin.integrators.circle_substeps``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from .._checks import check_positive
 from .base import as_time
 from .sphere import Sphere
 
-__all__ = ["Circles", "circle_kick_rotate", "circle_project", "circle_rotate"]
+__all__ = ["Circles", "circle_project", "circle_rotate"]
 
 
 def circle_project(
@@ -35,10 +36,10 @@ def circle_rotate(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Exact constrained free flow on circles for time ``t``, elementwise.
 
-    With angular velocity :math:`\omega = (w p_\xi - \xi p_w) / r^2`, the flow is the rotation by
-    :math:`\theta = \omega t` applied to position and momentum alike:
-    :math:`(w, \xi) \leftarrow R_\theta (w, \xi)` and
-    :math:`(p_w, p_\xi) \leftarrow R_\theta (p_w, p_\xi)`. Both components are rotated from their
+    With angular velocity $\omega = (w p_\xi - \xi p_w) / r^2$, the flow is the rotation by
+    $\theta = \omega t$ applied to position and momentum alike:
+    $(w, \xi) \leftarrow R_\theta (w, \xi)$ and
+    $(p_w, p_\xi) \leftarrow R_\theta (p_w, p_\xi)$. Both components are rotated from their
     OLD values (the released scripts used the already-rotated ``w`` for ``xi``, which shrinks the
     radius). The position is renormalised onto radius ``r`` so that round-off cannot accumulate.
 
@@ -54,71 +55,11 @@ def circle_rotate(
     return w_t * scale, xi_t * scale, cos * pw - sin * pxi, sin * pw + cos * pxi
 
 
-def circle_kick_rotate(
-    w: torch.Tensor,
-    xi: torch.Tensor,
-    pw: torch.Tensor,
-    pxi: torch.Tensor,
-    force: torch.Tensor | None,
-    kick: float,
-    t: float,
-    radius: float,
-    scale: float = 1.0,
-    cos_sin=None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    r"""A kick, its tangent projection and the exact rotation for time ``t``, in one pass.
-
-    The same map as :func:`circle_project` applied to ``(pw + kick * force, pxi)`` followed by
-    :func:`circle_rotate` (the momentum then multiplied by ``scale``), written for fewer passes
-    over memory: after the projection the momentum is :math:`\omega\,(-\xi, w)` with angular
-    velocity
-
-    .. math:: \omega = \frac{w\,p_\xi - \xi\,(p_w + \kappa f)}{w^2 + \xi^2},
-
-    the flow rotates :math:`(w, \xi)` by :math:`\theta = \omega t` (renormalised onto radius
-    ``r``, as :func:`circle_rotate` does) and the rotated momentum is
-    :math:`\omega\,(-\xi_t, w_t)` with the unnormalised rotated point. About 20 elementwise
-    operations against some 35 for the composition; under ``torch.compile`` it becomes one loop.
-
-    Args:
-        w: weights.
-        xi: auxiliary variables.
-        pw: momentum of ``w`` (need not be tangent: only the tangent part matters).
-        pxi: momentum of ``xi``.
-        force: the force on ``w`` (``None``: no kick); ``xi`` feels no force.
-        kick: the kick time ``kappa`` (a number or a 0-d tensor, as the next three).
-        t: the rotation time.
-        radius: circle radius ``r``.
-        scale: factor applied to the returned momentum.
-        cos_sin: ``theta -> (cos theta, sin theta)``; ``None`` (the library's only use) is
-            ``torch.cos`` and ``torch.sin``. ``validation/bench_circle_trig.py`` times this
-            same loop with other ways of computing them.
-
-    Returns:
-        ``(w_t, xi_t, pw_t, pxi_t)``.
-    """
-    # (no branch on the values of kick, t, radius or scale: they may be 0-d tensors, as they
-    # are under torch.compile, where Python-number arguments of some ops get baked in)
-    if force is not None:
-        pw = pw + force * kick
-    r2 = torch.addcmul(w * w, xi, xi)
-    omega = torch.addcmul(w * pxi, xi, pw, value=-1.0).div_(r2)
-    theta = omega * t
-    cos, sin = (torch.cos(theta), torch.sin(theta)) if cos_sin is None else cos_sin(theta)
-    w_t = torch.addcmul(cos * w, sin, xi, value=-1.0)
-    xi_t = torch.addcmul(sin * w, cos, xi)
-    omega = omega * scale
-    pw_t = torch.mul(omega, xi_t).neg_()
-    pxi_t = omega * w_t
-    norm = torch.rsqrt(r2) * radius
-    return w_t.mul_(norm), xi_t.mul_(norm), pw_t, pxi_t
-
-
 class Circles(Sphere):
     """Independent circles of radius ``r``: points ``(..., 2)`` holding ``(w, xi)`` pairs.
 
-    A :class:`Sphere` in two dimensions whose geodesic is the exact rotation of
-    :func:`circle_rotate`. Every leading index is an independent circle, so a weight tensor of any
+    A [`Sphere`][] in two dimensions whose geodesic is the exact rotation of
+    [`circle_rotate`][]. Every leading index is an independent circle, so a weight tensor of any
     shape becomes a batch of circles.
 
     Args:

@@ -20,9 +20,10 @@ class ImplicitManifold(ConstrainedManifold):
     on the level set. The tangent projection solves the ``m x m`` Gram system; SHAKE runs Newton's
     method on the ``m`` multipliers,
 
-    .. math::
-        \lambda_{k+1} = \lambda_k - \big(J(y_k) J(x)^T\big)^{-1} g(y_k), \qquad
-        y_k = \tilde x + J(x)^T \lambda_k,
+    $$
+    \lambda_{k+1} = \lambda_k - \big(J(y_k) J(x)^T\big)^{-1} g(y_k), \qquad
+    y_k = \tilde x + J(x)^T \lambda_k,
+    $$
 
     (or quasi-Newton with ``J(x) J(x)^T`` frozen, ``newton=False``) for a fixed ``max_iter`` without
     host synchronisation; a chain converged when ``max_i |g_i| <= tol`` at the end.
@@ -34,7 +35,7 @@ class ImplicitManifold(ConstrainedManifold):
         max_iter: Newton iterations per solve.
         newton: Newton (default) or quasi-Newton iterations.
 
-    Example:
+    Examples:
         >>> ellipse = ImplicitManifold(lambda x: x[..., :1] ** 2 / 4 + x[..., 1:] ** 2 - 1)
         >>> x = torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
         >>> ellipse.residual_norm(x)

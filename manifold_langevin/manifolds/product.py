@@ -1,4 +1,4 @@
-"""Products of vector manifolds and the unconstrained Euclidean space."""
+"""Cartesian products of vector manifolds, each factor keeping its own closed forms."""
 
 from __future__ import annotations
 
@@ -6,58 +6,10 @@ from collections.abc import Sequence
 
 import torch
 
-from .base import ConstrainedManifold, as_time
+from .adapters import as_manifold
+from .base import ConstrainedManifold
 
-__all__ = ["Euclidean", "Product"]
-
-
-class Euclidean(ConstrainedManifold):
-    """``R^n`` with no constraint (``m = 0``): SHAKE is the identity and the geodesic a line.
-
-    Useful for unconstrained blocks of a :class:`Product` and as the adapter of
-    ``geoopt.Euclidean``.
-    """
-
-    name = "Euclidean"
-    has_geodesic = True
-
-    def __init__(self, ndim: int = 1):
-        super().__init__(max_iter=1)
-        self.ndim = int(ndim)
-
-    def constraint(self, x):
-        return x.new_zeros(*x.shape[: x.dim() - self.ndim], 0)
-
-    def jvp(self, x, v):
-        return self.constraint(x)
-
-    def vjp(self, x, lam):
-        return torch.zeros_like(x)
-
-    def proju(self, x, u):
-        return u
-
-    def residual_norm(self, x):
-        return x.new_zeros(x.shape[: x.dim() - self.ndim])
-
-    def shake(self, x, x_tilde, *, max_iter=None):
-        return x_tilde, torch.ones(
-            x.shape[: x.dim() - self.ndim], dtype=torch.bool, device=x.device
-        )
-
-    def geodesic(self, x, v, t):
-        t = as_time(t, x)
-        if isinstance(t, torch.Tensor):
-            t = t.reshape(t.shape + (1,) * self.ndim)
-        return x + v * t, v
-
-    def projx(self, x):
-        return x
-
-    def random(self, *size, dtype=None, device=None, generator=None):
-        if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)):
-            size = tuple(size[0])
-        return torch.randn(*size, dtype=dtype, device=device, generator=generator)
+__all__ = ["Product"]
 
 
 class Product(ConstrainedManifold):
@@ -71,7 +23,7 @@ class Product(ConstrainedManifold):
         manifolds: the factors (each with one event dimension).
         dims: ambient dimension of each factor.
 
-    Example:
+    Examples:
         >>> from manifold_langevin.manifolds import Sphere
         >>> torus = Product([Sphere(), Sphere()], dims=[2, 2])  # flat torus in R^4
         >>> torus.random(5, 4).shape
@@ -82,8 +34,6 @@ class Product(ConstrainedManifold):
 
     def __init__(self, manifolds: Sequence[ConstrainedManifold], dims: Sequence[int]):
         super().__init__(max_iter=1)
-        from .adapters import as_manifold
-
         factors = [as_manifold(m) for m in manifolds]
         if len(factors) != len(dims) or not factors:
             raise ValueError("give one ambient dimension per factor (and at least one factor)")
@@ -95,6 +45,7 @@ class Product(ConstrainedManifold):
         self.factors = torch.nn.ModuleList(factors)
         self.dims = [int(d) for d in dims]
         self.has_geodesic = all(m.has_geodesic for m in factors)
+        self.cheap_geodesic = all(m.cheap_geodesic for m in factors)
 
     def _split(self, x):
         if x.shape[-1] != sum(self.dims):

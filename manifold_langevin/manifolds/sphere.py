@@ -15,7 +15,7 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class Sphere(ConstrainedManifold):
-    r"""The sphere :math:`S^{n-1}_r = \{x \in \mathbb{R}^n : |x| = r\}`, rows on the last dim.
+    r"""The sphere $S^{n-1}_r = \{x \in \mathbb{R}^n : |x| = r\}$, rows on the last dim.
 
     Constraint ``g(x) = (|x|^2 - r^2) / 2`` so that ``J(x) = x^T``. Its pieces are closed forms:
 
@@ -32,7 +32,7 @@ class Sphere(ConstrainedManifold):
     Args:
         radius: sphere radius ``r > 0``.
 
-    Example:
+    Examples:
         >>> s = Sphere(radius=2.0)
         >>> x = s.random(4, 3, generator=torch.Generator().manual_seed(0))
         >>> bool((x.norm(dim=-1) - 2.0).abs().max() < 1e-6)
@@ -42,6 +42,7 @@ class Sphere(ConstrainedManifold):
     ndim = 1
     name = "Sphere"
     has_geodesic = True
+    flags_nonfinite = True  # shake's flag tests the discriminant and the result's finiteness
 
     def __init__(self, radius: float = 1.0, *, tol: float | None = None):
         super().__init__(tol=tol, max_iter=1)

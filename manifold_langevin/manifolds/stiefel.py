@@ -1,25 +1,25 @@
 r"""The Stiefel manifold of orthonormal frames, with a k x k SHAKE solve and exact geodesics.
 
 A point is a matrix ``M`` of shape ``(..., n, k)``; every leading index is an independent chain.
-Tall or square matrices (``n >= k``) have orthonormal columns, :math:`M^\top M = I_k`; wide ones
-(``n < k``) have orthonormal rows, :math:`M M^\top = I_n`. Every method works on the *tall form*
+Tall or square matrices (``n >= k``) have orthonormal columns, $M^\top M = I_k$; wide ones
+(``n < k``) have orthonormal rows, $M M^\top = I_n$. Every method works on the *tall form*
 ``T`` (``M`` itself, or ``M^T`` when wide) and transposes its result back, so there is one code
 path. The metric is the Euclidean one of the embedding throughout.
 
 With ``p = min(n, k)`` and ``T`` of shape ``(N, p)``, ``N = max(n, k)``:
 
-* constraint :math:`g(T) = T^\top T - I_p` (flattened, ``p*p`` entries, the symmetric pairs
+* constraint $g(T) = T^\top T - I_p$ (flattened, ``p*p`` entries, the symmetric pairs
   counted twice, which is harmless for a residual);
-* :math:`J v = T^\top V + V^\top T` and :math:`J^\top \lambda = T (L + L^\top)` with ``L`` the
+* $J v = T^\top V + V^\top T$ and $J^\top \lambda = T (L + L^\top)$ with ``L`` the
   ``p x p`` unflattening of ``lambda``;
-* tangent projection :math:`P V = V - T\,\mathrm{sym}(T^\top V)`;
-* SHAKE along the old normals :math:`T' = \tilde T + T \Lambda`, ``Lambda`` symmetric, solved in
-  ``p x p`` space (see :meth:`Stiefel.shake`);
+* tangent projection $P V = V - T\,\mathrm{sym}(T^\top V)$;
+* SHAKE along the old normals $T' = \tilde T + T \Lambda$, ``Lambda`` symmetric, solved in
+  ``p x p`` space (see [`Stiefel.shake`][]);
 * the exact geodesic of Edelman, Arias & Smith (1998) through one ``2p x 2p`` matrix exponential
-  (see :meth:`Stiefel.geodesic`).
+  (see [`Stiefel.geodesic`][]).
 * a fused RATTLE step (SHAKE plus velocity projection, products shared, no kick projection needed),
   the A sub-step of the samplers (with ``geodesic=False``) and of the optimizer alike through
-  :func:`~manifold_langevin.integrators.substeps.drift` (see :meth:`Stiefel.rattle`), and the
+  [`drift`][manifold_langevin.integrators.substeps.drift] (see [`Stiefel.rattle`][]), and the
   released o-CoLA scripts' SHAKE for comparisons (``Stiefel(paper=True)``).
 
 References:
@@ -57,7 +57,7 @@ _DEFAULT_ITERS = {
     torch.float16: (3, 8),
     torch.bfloat16: (3, 8),
 }
-# Iterations of the fused RATTLE step (:meth:`Stiefel.rattle`) for p > 8: the contraction in p x p
+# Iterations of the fused RATTLE step ([`Stiefel.rattle`][]) for p > 8: the contraction in p x p
 # space from its second-order start, one p x p x p product each. Measured by
 # ``python -m validation.rattle_budget`` (validation/results/rattle_budget.json): iterations
 # until every trial (random tangent steps of spectral size s; a normal part changes nothing) is
@@ -147,8 +147,8 @@ def _gram(
     With ``tmp`` (a ``(B, p, p)`` buffer) the result is exactly symmetric (blocked GEMMs need not
     round an entry and its mirror image alike); without it only up to rounding. Writes into
     buffers, so it is not differentiable: the fused RATTLE step runs without autograd, while
-    :func:`_gram_minus_eye` and :meth:`Stiefel.residual_norm` stay differentiable. ``blocks``
-    overrides :data:`_GRAM_BLOCKS` (for ``validation/bench_gram.py``); off the CPU the default
+    `_gram_minus_eye` and [`Stiefel.residual_norm`][] stay differentiable. ``blocks``
+    overrides `_GRAM_BLOCKS` (for ``validation/bench_gram.py``); off the CPU the default
     is one block."""
     p = x.shape[-1]
     if blocks is None:
@@ -225,20 +225,21 @@ def _lyapunov_neumann(e: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 
 class Stiefel(ConstrainedManifold):
-    r"""Orthonormal frames :math:`\{M \in \mathbb{R}^{n\times k} : M^\top M = I_k\}` (``n >= k``).
+    r"""Orthonormal frames $\{M \in \mathbb{R}^{n\times k} : M^\top M = I_k\}$ (``n >= k``).
 
-    Wide matrices (``n < k``) are held to :math:`M M^\top = I_n` instead (orthonormal rows, as in
+    Wide matrices (``n < k``) are held to $M M^\top = I_n$ instead (orthonormal rows, as in
     the paper's o-CoLA for wide weight matrices). Points have shape ``(..., n, k)`` with any
     leading batch dimensions; each matrix is an independent chain. Euclidean metric of
-    :math:`\mathbb{R}^{n\times k}`, so :meth:`egrad2rgrad` is :meth:`proju` and the invariant
+    $\mathbb{R}^{n\times k}$, so ``egrad2rgrad`` is [`proju`][] and the invariant
     measure of the Langevin dynamics is ``exp(-U/tau)`` times the Haar (surface) measure.
 
     Below ``T`` is the tall form of a point (``M``, or ``M^T`` when wide), of shape ``(N, p)``
     with ``N = max(n, k)``, ``p = min(n, k)``.
 
     Args:
-        tol: SHAKE tolerance on :meth:`residual_norm`; ``None`` uses
-            :func:`~manifold_langevin.manifolds.base.default_tolerance` for the dtype and ``N``.
+        tol: SHAKE tolerance on [`residual_norm`][]; ``None`` uses
+            [`default_tolerance`][manifold_langevin.manifolds.base.default_tolerance] for the dtype
+            and ``N``.
         max_iter: SHAKE iteration budget. ``None`` (default) picks it by dtype: for Newton 8 in
             float64 and 4 in float32 (3 in half precision), for the contraction 24 and 12.
             Newton then reaches the tolerance for spectral step sizes ``|X~ - M|_2`` up to 0.9
@@ -251,13 +252,13 @@ class Stiefel(ConstrainedManifold):
             plain contraction ``Lambda <- Lambda - F(Lambda)/2`` (cheaper per iteration, 3-4
             times as many iterations).
         paper: ``True`` reproduces the released o-CoLA scripts' SHAKE, for comparisons: exactly
-            ``max_iter`` (default 10) iterations of :math:`Y \leftarrow Y - \tfrac12 T
-            (Y^\top Y - I)` evaluated on the ``N x p`` matrices (two ``N x p x p`` products
+            ``max_iter`` (default 10) iterations of $Y \leftarrow Y - \tfrac12 T
+            (Y^\top Y - I)$ evaluated on the ``N x p`` matrices (two ``N x p x p`` products
             each), with no tolerance-based exit. The final residual is still checked, so a
-            diverged solve is flagged rather than written. :meth:`rattle` then falls back to
-            SHAKE plus :meth:`proju`.
+            diverged solve is flagged rather than written. [`rattle`][] then falls back to
+            SHAKE plus [`proju`][].
 
-    Example:
+    Examples:
         >>> st = Stiefel()
         >>> m = st.random(3, 5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
         >>> bool(st.residual_norm(m).max() < 1e-14)
@@ -272,6 +273,8 @@ class Stiefel(ConstrainedManifold):
     name = "Stiefel"
     has_geodesic = True
     rattle_absorbs_normal = True  # the fused step's Lambda_0 (see rattle)
+    cheap_geodesic = False  # two matrix exponentials against a handful of products
+    flags_nonfinite = True  # a NaN anywhere reaches the residual that the flags test
 
     def __init__(
         self,
@@ -312,7 +315,7 @@ class Stiefel(ConstrainedManifold):
 
     # ------------------------------------------------------------------ constraint view
     def constraint(self, x: torch.Tensor) -> torch.Tensor:
-        r"""Residual :math:`g = T^\top T - I_p`, flattened.
+        r"""Residual $g = T^\top T - I_p$, flattened.
 
         Args:
             x: points, shape ``(..., n, k)``.
@@ -324,13 +327,13 @@ class Stiefel(ConstrainedManifold):
         return (t.mT @ t - _eye(t.shape[-1], t)).flatten(-2)
 
     def jacobian(self, x: torch.Tensor) -> torch.Tensor:
-        """Dense ``Dg(x)``, shape ``(..., p*p, n*k)``, built from :meth:`jvp` (small problems)."""
+        """Dense ``Dg(x)``, shape ``(..., p*p, n*k)``, built from [`jvp`][] (small problems)."""
         n, k = x.shape[-2:]
         basis = torch.eye(n * k, dtype=x.dtype, device=x.device).reshape(n * k, n, k)
         return self.jvp(x.unsqueeze(-3), basis).mT
 
     def jvp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        r"""Derivative of the constraint: :math:`J v = T^\top V + V^\top T`, flattened.
+        r"""Derivative of the constraint: $J v = T^\top V + V^\top T$, flattened.
 
         Args:
             x: points, shape ``(..., n, k)``.
@@ -345,7 +348,7 @@ class Stiefel(ConstrainedManifold):
         return (a + a.mT).flatten(-2)
 
     def vjp(self, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        r"""The adjoint of :meth:`jvp`: :math:`J^\top \lambda = T (L + L^\top)`.
+        r"""The adjoint of [`jvp`][]: $J^\top \lambda = T (L + L^\top)$.
 
         ``L`` is ``lam`` unflattened to ``p x p``.
 
@@ -363,9 +366,9 @@ class Stiefel(ConstrainedManifold):
         return _tall(t @ (ell + ell.mT), wide)
 
     def proju(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        r"""Tangent (RATTLE) projection :math:`P U = U - T\,\mathrm{sym}(T^\top U)`.
+        r"""Tangent (RATTLE) projection $P U = U - T\,\mathrm{sym}(T^\top U)$.
 
-        This is the orthogonal projection onto :math:`\ker J` when :math:`T^\top T = I`.
+        This is the orthogonal projection onto $\ker J$ when $T^\top T = I$.
 
         Args:
             x: points, shape ``(..., n, k)``.
@@ -379,7 +382,7 @@ class Stiefel(ConstrainedManifold):
         return _tall(ut - t @ _sym(t.mT @ ut), wide)
 
     def residual_norm(self, x: torch.Tensor) -> torch.Tensor:
-        r"""Per-matrix violation :math:`\max_{ij} |(T^\top T - I)_{ij}|`, shape ``(...)``."""
+        r"""Per-matrix violation $\max_{ij} |(T^\top T - I)_{ij}|$, shape ``(...)``."""
         t = _tall(x, _is_wide(x))
         return (t.mT @ t - _eye(t.shape[-1], t)).abs().amax(dim=(-2, -1))
 
@@ -391,27 +394,29 @@ class Stiefel(ConstrainedManifold):
     def shake(
         self, x: torch.Tensor, x_tilde: torch.Tensor, *, max_iter: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""SHAKE along the old normals: :math:`T' = \tilde T + T \Lambda`, :math:`T'^\top T' = I`.
+        r"""SHAKE along the old normals: $T' = \tilde T + T \Lambda$, $T'^\top T' = I$.
 
-        ``Lambda`` is symmetric ``p x p``. With the actual Gram matrix :math:`A = T^\top T` (not
+        ``Lambda`` is symmetric ``p x p``. With the actual Gram matrix $A = T^\top T$ (not
         assumed to be ``I``, so float32 round-off in ``x`` is corrected rather than accumulated),
-        :math:`B = T^\top \tilde T` and :math:`C = \tilde T^\top \tilde T - I`, the condition is
+        $B = T^\top \tilde T$ and $C = \tilde T^\top \tilde T - I$, the condition is
 
-        .. math::  F(\Lambda) = \Lambda A \Lambda + B^\top \Lambda + \Lambda B + C = 0.
+        $$
+        F(\Lambda) = \Lambda A \Lambda + B^\top \Lambda + \Lambda B + C = 0.
+        $$
 
-        Newton's step solves the Lyapunov-type equation :math:`K^\top D + D K = -F(\Lambda)`,
-        :math:`K = B + A\Lambda = I + E`, then :math:`\Lambda \leftarrow \Lambda + D`:
+        Newton's step solves the Lyapunov-type equation $K^\top D + D K = -F(\Lambda)$,
+        $K = B + A\Lambda = I + E$, then $\Lambda \leftarrow \Lambda + D$:
 
         * ``p <= 8``: exactly, as a ``p^2 x p^2`` linear system per matrix (``solve_ex``, no
           sync). Plain Newton: quadratic convergence, 3-5 iterations up to ``|X~ - M|_2 = 0.9``.
-        * ``p > 8``: with :math:`\mathcal E(D) = (E^\top D + D E)/2` the operator is
-          :math:`2(\mathcal I + \mathcal E)`, applied by the truncated Neumann series
-          :math:`D = \sum_{j=0}^{2} (-\mathcal E)^j (-F/2)`. ``E``'s skew part is the rotational
+        * ``p > 8``: with $\mathcal E(D) = (E^\top D + D E)/2$ the operator is
+          $2(\mathcal I + \mathcal E)$, applied by the truncated Neumann series
+          $D = \sum_{j=0}^{2} (-\mathcal E)^j (-F/2)$. ``E``'s skew part is the rotational
           part of the step, its symmetric part is ``O(step^2)``, so each iteration shrinks the
-          error by about :math:`|E|^3` plus Newton's quadratic term; two ``p x p`` products per
+          error by about $|E|^3$ plus Newton's quadratic term; two ``p x p`` products per
           term.
-        * ``newton=False``: the plain contraction :math:`\Lambda \leftarrow \Lambda -
-          F(\Lambda)/2` (rate about :math:`|E|`; the released o-CoLA scripts' iteration).
+        * ``newton=False``: the plain contraction $\Lambda \leftarrow \Lambda -
+          F(\Lambda)/2$ (rate about $|E|$; the released o-CoLA scripts' iteration).
 
         All iteration work is ``p x p``. The ``N x p`` products are ``A``, ``B``, ``C``, the
         update ``T Lambda`` and the residual check of ``T'``. For a square ``p x p`` matrix with
@@ -430,7 +435,8 @@ class Stiefel(ConstrainedManifold):
         Returns:
             ``(x_new, converged)``: ``x_new`` of the shape of ``x``; ``converged`` boolean of the
             batch shape, ``True`` where the residual of ``x_new`` itself is finite and at most
-            :meth:`tolerance`. Where ``False``, ``x_new`` is garbage (maybe NaN) to be discarded.
+            [`tolerance`][manifold_langevin.manifolds.ConstrainedManifold.tolerance]. Where
+            ``False``, ``x_new`` is garbage (maybe NaN) to be discarded.
         """
         iters = self._iters(x, max_iter)
         wide = _is_wide(x)
@@ -495,62 +501,66 @@ class Stiefel(ConstrainedManifold):
 
         The same map as ``x' = shake(x, x + dt p)``, ``p' = proju(x', (x' - x) / dt)`` (times
         ``scale``), with the products shared between the two and the multiplier solved in
-        ``p x p`` space. ``p`` need not be tangent: adding a normal vector :math:`T\Sigma`
+        ``p x p`` space. ``p`` need not be tangent: adding a normal vector $T\Sigma$
         (``Sigma`` symmetric) to ``dt p`` only shifts the multiplier by ``-Sigma``, so ``x'`` and
         ``p'`` depend on ``p`` through its tangent part alone, and a kick
-        :math:`P(x)(p + hF)` followed by this step may skip its projection.
+        $P(x)(p + hF)$ followed by this step may skip its projection.
 
-        With ``T`` the tall form of ``x``, ``U`` that of ``p``, :math:`\tilde T = T + \delta U`,
-        :math:`A = T^\top T`, :math:`B = T^\top \tilde T` and
-        :math:`C = \tilde T^\top \tilde T - I`, the SHAKE condition for
-        :math:`T' = \tilde T + T\Lambda` is
+        With ``T`` the tall form of ``x``, ``U`` that of ``p``, $\tilde T = T + \delta U$,
+        $A = T^\top T$, $B = T^\top \tilde T$ and
+        $C = \tilde T^\top \tilde T - I$, the SHAKE condition for
+        $T' = \tilde T + T\Lambda$ is
 
-        .. math::  F(\Lambda) = \Lambda A \Lambda + B^\top \Lambda + \Lambda B + C = 0.
+        $$
+        F(\Lambda) = \Lambda A \Lambda + B^\top \Lambda + \Lambda B + C = 0.
+        $$
 
-        It is solved by the contraction :math:`\Lambda \leftarrow \Lambda - F(\Lambda)/2` (the
+        It is solved by the contraction $\Lambda \leftarrow \Lambda - F(\Lambda)/2$ (the
         released scripts' iteration, here on ``p x p`` matrices: one product each, with
-        :math:`\Lambda A \Lambda` taken as :math:`\Lambda^2`, a change of
-        :math:`\Lambda (A - I) \Lambda`, far below the tolerance). ``A`` is never formed: it
+        $\Lambda A \Lambda$ taken as $\Lambda^2$, a change of
+        $\Lambda (A - I) \Lambda$, far below the tolerance). ``A`` is never formed: it
         enters ``F`` only through that term. The start is correct to second order in the step,
-        for any normal part: with :math:`\Sigma_\delta = \mathrm{sym}(B) - I` (the normal part
-        of :math:`\delta U` plus the residual :math:`A - I`) and
-        :math:`W = \mathrm{skew}(B)` (its rotational part),
+        for any normal part: with $\Sigma_\delta = \mathrm{sym}(B) - I$ (the normal part
+        of $\delta U$ plus the residual $A - I$) and
+        $W = \mathrm{skew}(B)$ (its rotational part),
 
-        .. math::  \Lambda_0 = -C/2 + \mathrm{sym}\big(\Sigma_\delta (\Sigma_\delta/2 + W)\big),
+        $$
+        \Lambda_0 = -C/2 + \mathrm{sym}\big(\Sigma_\delta (\Sigma_\delta/2 + W)\big),
+        $$
 
-        where :math:`-C/2` alone is the second-order solution of a tangent step and the product
+        where $-C/2$ alone is the second-order solution of a tangent step and the product
         removes the second-order terms a normal part adds to it. Since the iteration is the same
         in the multiplier shifted by a normal part, the iteration count then depends on the
         tangent part alone (measured: identical with and without a normal part); the error
-        shrinks by about :math:`\delta |\mathrm{skew}(T^\top U)|` per iteration. For ``p <= 8``
+        shrinks by about $\delta |\mathrm{skew}(T^\top U)|$ per iteration. For ``p <= 8``
         (and ``newton=True``) the iteration is Newton's instead, with the exact ``p^2 x p^2``
-        Lyapunov solve of :meth:`shake`. The budget is fixed (no host sync), chosen from
+        Lyapunov solve of [`shake`][]. The budget is fixed (no host sync), chosen from
         measurements (``python -m validation.rattle_budget``; see ``_RATTLE_ITERS``): in
         float32 the tolerance is reached for random steps up to a spectral size
-        :math:`|\delta P U|_2` of 0.2 for ``p >= 128`` (2 iterations; 0.3 unless the frame is
+        $|\delta P U|_2$ of 0.2 for ``p >= 128`` (2 iterations; 0.3 unless the frame is
         near-square) and 0.5 below (9), in float64 up to 0.2 for ``p >= 128`` (10) and 0.3 below
         (22); ``max_iter`` (here or in the constructor) overrides it. Larger steps are flagged
-        (for ``p > 8`` this contraction reaches less far than :meth:`shake`'s Newton
+        (for ``p > 8`` this contraction reaches less far than [`shake`][]'s Newton
         iteration, which converges up to a spectral step of 0.4 to 0.7 in float64 and 0.5 to
         0.7 in float32 (see the class docstring): a sampler that takes RATTLE steps that large
         should raise ``max_iter`` or keep the default exact geodesic). Convergence is judged on
         the residual of ``x'`` itself, computed directly.
 
-        The velocity is :math:`p' = (d - x'\,\mathrm{sym}(M))/\delta` with :math:`d = x' - T`
-        and :math:`M = x'^\top d`. From ``p >= 128`` on, ``M`` is assembled as
-        :math:`x'^\top x' - B^\top - \Lambda` (the residual's product is reused, and
-        :math:`\Lambda A` is taken as :math:`\Lambda`) instead of being multiplied out: an
-        error along the normals :math:`x'\,\mathrm{sym}(\cdot)` of order
-        :math:`\varepsilon\sqrt N/\delta`, which no later RATTLE step sees (see above).
+        The velocity is $p' = (d - x'\,\mathrm{sym}(M))/\delta$ with $d = x' - T$
+        and $M = x'^\top d$. From ``p >= 128`` on, ``M`` is assembled as
+        $x'^\top x' - B^\top - \Lambda$ (the residual's product is reused, and
+        $\Lambda A$ is taken as $\Lambda$) instead of being multiplied out: an
+        error along the normals $x'\,\mathrm{sym}(\cdot)$ of order
+        $\varepsilon\sqrt N/\delta$, which no later RATTLE step sees (see above).
 
         Cost: ``B``, ``C``, ``x'``, the residual and the projection are five ``N x p x p``
         products (six below ``p = 128``; four with ``project=False``); the start and each
         iteration add one ``p x p x p`` product: 8 products for a square ``1024 x 1024`` float32
-        matrix, 7 without the projection (SHAKE followed by :meth:`proju` takes 23 with Newton
+        matrix, 7 without the projection (SHAKE followed by [`proju`][] takes 23 with Newton
         and 25 with the released scripts' iteration). The two Gram matrices ``C`` and the
-        residual are formed from their upper column blocks (:func:`_gram`: 10/16 of a product's
+        residual are formed from their upper column blocks (`_gram`: 10/16 of a product's
         flops from ``p = 512`` on, 3/4 from ``p = 256``). Large transposes go through
-        :func:`_transposed`.
+        `_transposed`.
 
         Args:
             x: points, shape ``(..., n, k)``, on the manifold to tolerance.
@@ -564,12 +574,12 @@ class Stiefel(ConstrainedManifold):
             project: ``False`` returns the velocity ``scale * (x_new - x) / dt`` without its
                 tangent projection, saving the projection's product (two below ``p = 128``).
                 Its tangent part is the RATTLE velocity; its normal part is
-                :math:`O(\delta |p|^2)` and harmless to a caller whose next use of it is another
+                $O(\delta |p|^2)$ and harmless to a caller whose next use of it is another
                 RATTLE step (which sees only the tangent part, see above) or a linear map such as
                 the O step: CoLA does this. ``paper=True`` always projects.
 
         Returns:
-            ``(x_new, p_new, converged)`` as :meth:`shake` returns them; ``p_new`` is
+            ``(x_new, p_new, converged)`` as [`shake`][] returns them; ``p_new`` is
             ``scale * P(x_new)((x_new - x) / dt)`` (without ``P`` if ``project=False``).
         """
         _check_matrix(x)
@@ -637,21 +647,22 @@ class Stiefel(ConstrainedManifold):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Exact geodesic of the embedded (Euclidean) metric for time ``t``.
 
-        Edelman, Arias & Smith (1998), eq. (2.14): with :math:`A = T^\top V` (skew for tangent
-        ``V``), :math:`S = V^\top V` and the ``2p x 2p`` block
-        :math:`\mathcal A = \begin{pmatrix} A & -S \\ I & A \end{pmatrix}`,
+        Edelman, Arias & Smith (1998), eq. (2.14): with $A = T^\top V$ (skew for tangent
+        ``V``), $S = V^\top V$ and the ``2p x 2p`` block
+        $\mathcal A = \begin{pmatrix} A & -S \\ I & A \end{pmatrix}$,
 
-        .. math::
-            T(t) = [T, V]\, e^{t\mathcal A} \begin{pmatrix} I \\ 0 \end{pmatrix} e^{-tA},
-            \qquad
-            V(t) = \dot T(t) = [T, V]\, e^{t\mathcal A} \begin{pmatrix} 0 \\ I \end{pmatrix}
-            e^{-tA},
+        $$
+        T(t) = [T, V]\, e^{t\mathcal A} \begin{pmatrix} I \\ 0 \end{pmatrix} e^{-tA},
+        \qquad
+        V(t) = \dot T(t) = [T, V]\, e^{t\mathcal A} \begin{pmatrix} 0 \\ I \end{pmatrix}
+        e^{-tA},
+        $$
 
-        the second because :math:`\mathcal A \binom{I}{0} - \binom{I}{0} A = \binom{0}{I}`.
-        The flow preserves :math:`|V|`, tangency and the constraint, and ``t -> -t`` reverses it.
+        the second because $\mathcal A \binom{I}{0} - \binom{I}{0} A = \binom{0}{I}$.
+        The flow preserves $|V|$, tangency and the constraint, and ``t -> -t`` reverses it.
         Only ``A``'s skew part is used, and the result gets one Newton-Schulz polar step
-        :math:`T \leftarrow T (3I - T^\top T)/2`, a tangent projection of ``V(t)`` and a
-        rescaling to :math:`|V(t)| = |V|`: round-off-level corrections that keep float32 from
+        $T \leftarrow T (3I - T^\top T)/2$, a tangent projection of ``V(t)`` and a
+        rescaling to $|V(t)| = |V|$: round-off-level corrections that keep float32 from
         drifting over long runs.
 
         Cost: two matrix exponentials (``2p x 2p`` and ``p x p``) and about ten ``N x p x p``
@@ -693,10 +704,10 @@ class Stiefel(ConstrainedManifold):
 
     # ------------------------------------------------------------------ geoopt interface
     def projx(self, x: torch.Tensor) -> torch.Tensor:
-        r"""Nearest point: the polar factor :math:`U V^\top` of the SVD :math:`x = U \Sigma V^\top`.
+        r"""Nearest point: the polar factor $U V^\top$ of the SVD $x = U \Sigma V^\top$.
 
         Uses an SVD (which may synchronise on some devices); meant for initialisation and
-        :meth:`geoopt.optim.RiemannianSGD.stabilize`, not for the sampling hot path.
+        `geoopt.optim.RiemannianSGD.stabilize`, not for the sampling hot path.
         """
         u, _, vh = torch.linalg.svd(x, full_matrices=False)
         return u @ vh

@@ -1,6 +1,6 @@
 """The neural-network adapter: the CoLA optimizer and the paper's grouping/initialisation rules.
 
-Example:
+Examples:
     >>> import torch
     >>> import manifold_langevin as ml
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))

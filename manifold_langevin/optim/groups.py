@@ -10,7 +10,7 @@ The paper's rules (Leimkuhler, Vlaar, Pouchon, Storkey, ICML 2021):
 
 "Weights" are the parameters with ``ndim >= 2`` (linear, conv, embedding matrices), in the order
 of ``model.named_parameters()``; the first of them is the first layer. Biases and normalisation
-scales (``ndim == 1``) stay unconstrained. ``geoopt.ManifoldParameter`` s keep their own manifold.
+scales (``ndim == 1``) stay unconstrained. ``geoopt.ManifoldParameter``s keep their own manifold.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def orthogonal_init_(tensor: torch.Tensor) -> torch.Tensor:
     Returns:
         ``tensor``.
 
-    Example:
+    Examples:
         >>> w = torch.randn(3, 5)
         >>> _ = orthogonal_init_(w)
         >>> bool((w @ w.T - torch.eye(3)).abs().max() < 1e-6)
@@ -79,7 +79,7 @@ def circle_init_(tensor: torch.Tensor, radius: float, mode: str = "clip") -> tor
     Returns:
         ``tensor``.
 
-    Example:
+    Examples:
         >>> w = torch.tensor([0.3, -0.02, 0.01])
         >>> circle_init_(w, 0.1).tolist()
         [0.10000000149011612, -0.019999999552965164, 0.009999999776482582]
@@ -128,7 +128,7 @@ def constrained_groups(
     unconstrained: Mapping | None = None,
     **group_overrides,
 ) -> list[dict]:
-    """Param groups for :class:`~manifold_langevin.optim.CoLA` following the paper's rules.
+    """Param groups for [`CoLA`][manifold_langevin.optim.CoLA] following the paper's rules.
 
     Args:
         model: the network.
@@ -138,9 +138,9 @@ def constrained_groups(
             mapping from parameter name to radius (missing names get the defaults) or a callable
             ``(name, tensor) -> radius``. Not used by ``"orthogonal"``.
         init: put the selected weights on their constraint set now (orthogonal: QR, see
-            :func:`orthogonal_init_`; circle: :func:`circle_init_`). With ``False`` the weights
-            are kept and CoLA raises :class:`~manifold_langevin.OffManifoldError` at the first
-            step if one is off its set.
+            [`orthogonal_init_`][]; circle: [`circle_init_`][]). With ``False`` the weights
+            are kept and CoLA raises [`OffManifoldError`][manifold_langevin.OffManifoldError] at the
+            first step if one is off its set.
         init_mode: ``"clip"`` or ``"scale"`` for the circle initialisation.
         constrain_first: whether the first layer is constrained (default: yes for circles, no
             for orthogonality, as in the paper).
@@ -155,7 +155,7 @@ def constrained_groups(
         circles, ``radius``): one per circle radius or one orthogonal group, then the
         unconstrained rest. Empty groups are left out.
 
-    Example:
+    Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         >>> [(g["constraint"], g.get("radius"), g["param_names"])
         ...  for g in constrained_groups(net, "circle")]  # doctest: +NORMALIZE_WHITESPACE

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from manifold_langevin.checkpoint import load_checkpoint, save_atomic
+from manifold_langevin.nn.checkpoint import load_checkpoint, save_atomic
 from manifold_langevin.optim import CoLA, circle_init_, orthogonal_init_
 
 from .helpers import batches, mlp

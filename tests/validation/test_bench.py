@@ -12,7 +12,7 @@ import json
 import pytest
 
 from manifold_langevin import cli
-from manifold_langevin.bench_cli import add_bench_parser, run_bench
+from manifold_langevin.cli.bench import add_bench_parser, run_bench
 from validation import bench_optim, bench_sampler
 
 

@@ -1,0 +1,248 @@
+"""A CoLA step for one bucket of parameters: the integrators' maps applied to parameter tensors.
+
+Nothing here writes an update formula: a bucket of constrained matrices or vectors goes through
+[`baoa_step`][manifold_langevin.integrators.substeps.baoa_step] or
+[`euler`][manifold_langevin.integrators.substeps.euler], a bucket of circle-constrained weights
+through their component forms in
+[`circle_substeps`][manifold_langevin.integrators.circle_substeps], and unconstrained tensors
+through [`euclidean_substeps`][manifold_langevin.integrators.euclidean_substeps]. What is here
+is the bookkeeping around them: stacking the tensors of a bucket, drawing the noise, keeping the
+old values where an update failed, counting rejections, and deferring the writes when the
+failure policy needs to look first.
+
+Each update returns ``(commit, ok)``: ``commit()`` writes the new values (some updates write at
+once and return a no-op), ``ok`` is a device-side flag per matrix (per tensor for circles in the
+``"mask"`` mode; ``None`` when nothing can fail).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..integrators.base import finite_chains
+from ..integrators.circle_substeps import baoa_step_circles, euler_circles
+from ..integrators.euclidean_substeps import baoa_step_euclidean_, euler_euclidean_
+from ..integrators.substeps import baoa_step, euler, ou_coefficients
+from ..noise import NoiseTape
+from .buckets import CHUNK, Bucket, FlatView, gather, select_into
+from .params import uses_geodesic
+from .policies import subdivide
+
+__all__ = [
+    "circle_update",
+    "circle_update_",
+    "compiled_circle_update_",
+    "update_circles",
+    "update_free",
+    "update_manifold",
+]
+
+
+def _numbers(group: dict) -> tuple[float, float, float, float, float, bool]:
+    h = float(group["lr"])
+    tau = float(group["temperature"])
+    c1, c2 = ou_coefficients(float(group["friction"]), tau, h)
+    return h, tau, c1, c2, group["scheme"] == "ud", bool(group["fuse"])
+
+
+# ---------------------------------------------------------------------------- manifolds
+def update_manifold(b: Bucket, gen, *, on_failure: str, scratch: dict):
+    """A bucket of points on a manifold (stacked as one batch of chains)."""
+    group = b.group
+    h, tau, c1, c2, ud, fuse = _numbers(group)
+    params = [e.param for e in b.entries]
+    grads = [e.grad for e in b.entries]
+    counters = [e.state["n_rejected"] for e in b.entries]
+    m, shape = b.manifold, b.shape
+    geo = uses_geodesic(group, m)
+    x0, g = gather(params, shape), gather(grads, shape)
+    # only RATTLE A steps are subdivided (a closed-form flow fails only where rounding swamps
+    # it, which sub-steps do not cure; "od" has no A step)
+    retry = on_failure == "subdivide" and ud and not geo
+    moms, p0 = None, None
+    if ud:
+        moms = [e.state["momentum_buffer"] for e in b.entries]
+        p0 = gather(moms, shape)
+        substeps = int(group["substeps"])
+        # a retry must see the normals of the first attempt: record them
+        noise = NoiseTape(gen) if retry and c2 > 0 else gen
+
+        def run(x0, p0, g, noise, substeps, scratch=None):
+            # the gradient is passed with a negated kick time (the force is -grad)
+            return baoa_step(m, x0, p0, g, -b.kick_h, h, c1, c2, noise, geodesic=geo,
+                             substeps=substeps, fuse=fuse, scratch=scratch)  # fmt: skip
+
+        x, p, ok = run(x0, p0, g, noise, substeps, scratch)
+    else:
+        x, ok = euler(m, x0, -g, h, tau, gen, geodesic=geo)
+        p = None
+    if geo or not m.flags_nonfinite:
+        # a closed-form flow reports only its residual, not the momentum's
+        ok = ok & finite_chains(m.ndim, x) if p is None else ok & finite_chains(m.ndim, x, p)
+    if retry:
+
+        def retry_failed():
+            nonlocal x, p, ok
+            x, p, ok = subdivide(m, (x0, p0, g), (x, p, ok), run, noise, substeps)
+
+        b.retry = retry_failed
+
+    def commit():
+        keep = ok.reshape(ok.shape + (1,) * m.ndim)
+        select_into(params, keep, x, x0)
+        if ud:
+            select_into(moms, keep, p, 0.0)
+        if len(params) == 1:
+            counters[0].add_((~ok).sum())
+        else:
+            bad = (~ok).reshape(len(params), -1).sum(dim=1)
+            torch._foreach_add_(counters, list(bad.unbind(0)))
+
+    return commit, ok
+
+
+# ---------------------------------------------------------------------------- circles
+def circle_noise(w: torch.Tensor, generator) -> torch.Tensor:
+    """Standard normals for the ``(w, xi)`` pairs of the flat tensor ``w``, shape ``(2, n)``."""
+    return torch.randn((2, *w.shape), generator=generator, dtype=w.dtype, device=w.device)
+
+
+def circle_update(state, grad, noise, ud, fuse, mask, kick_h, h, c1, c2, tau, radius):
+    """New values of one flat circle tensor: ``state`` is ``(w, xi, pw, pxi)`` (``"ud"``) or
+    ``(w, xi)``; returns ``(new state, number of rejected entries or None)``. With ``mask`` an
+    entry whose update is not finite keeps its point and gets zero momentum."""
+    if ud:
+        new = baoa_step_circles(*state, grad, kick_h, h, c1, c2, radius, noise, fuse)
+    else:
+        new = euler_circles(*state, grad, h, tau, radius, noise)
+    if not mask:
+        return new, None
+    ok = torch.isfinite(new[0])
+    for t in new[1:]:
+        ok = ok & torch.isfinite(t)
+    kept = (torch.where(ok, new[0], state[0]), torch.where(ok, new[1], state[1]))
+    return (*kept, *(torch.where(ok, t, 0.0) for t in new[2:])), (~ok).sum()
+
+
+def circle_update_(state, grad, noise, ud, fuse, mask, *numbers):
+    """[`circle_update`][] written into ``state`` (in place); returns the rejection count.
+
+    This is the function ``CoLA(compile=True)`` hands to ``torch.compile``: the whole update of a
+    tensor becomes one loop over memory (about 20 elementwise passes in eager mode). It is then
+    called with the numbers ``(kick_h, h, c1, c2, tau, radius)`` as 0-d tensors: with Python
+    floats dynamo would either recompile for every new value (an lr schedule) or, for arguments
+    that torch ops take as a ``Scalar`` (``clamp``'s bounds, ``add``'s ``alpha``), bake the first
+    value into the kernel without a guard."""
+    new, bad = circle_update(state, grad, noise, ud, fuse, mask, *numbers)
+    for t, n in zip(state, new):
+        t.copy_(n)
+    return bad
+
+
+_COMPILED: dict = {}
+
+
+def compiled_circle_update_():
+    """``torch.compile(circle_update_)``, built once per process (sizes are dynamic)."""
+    fn = _COMPILED.get("circle")
+    if fn is None:
+        fn = _COMPILED["circle"] = torch.compile(circle_update_, dynamic=True)
+    return fn
+
+
+def update_circles(b: Bucket, gen, *, mask: bool, defer: bool, compiled: Callable | None):
+    """A bucket of circle-constrained tensors, tensor by tensor: eagerly in cache-sized chunks,
+    or one compiled loop per tensor. ``compiled(flats, grad, noise, flags, numbers)`` runs the
+    compiled update and returns the rejection count, or ``None`` to fall back to the eager one
+    (``None``: eager only). Written at once unless ``defer``."""
+    group = b.group
+    h, tau, c1, c2, ud, fuse = _numbers(group)
+    params = [e.param for e in b.entries]
+    grads = [e.grad for e in b.entries]
+    counters = [e.state["n_rejected"] for e in b.entries]
+    radius = float(group["radius"])
+    noisy = c2 > 0 if ud else tau > 0
+    keys = ("xi", "momentum_buffer", "xi_momentum") if ud else ("xi",)
+    numbers = (b.kick_h, h, c1, c2, tau, radius)
+    pending, oks, views_all = [], [], []
+    for i, e in enumerate(b.entries):
+        views = [FlatView(t) for t in [params[i]] + [e.state[k] for k in keys]]
+        views_all.append(views)
+        flats = [v.flat for v in views]
+        g = grads[i].reshape(-1)
+        bad = None
+        if compiled is not None and not defer:
+            z = circle_noise(g, gen) if noisy else None
+            bad = compiled(flats, g, z, (ud, fuse, mask), numbers)
+        if bad is None:
+            bads = []
+            chunk = CHUNK if g.device.type == "cpu" else max(g.numel(), 1)
+            for a in range(0, g.numel(), chunk):
+                piece = [f[a : a + chunk] for f in flats]
+                gp = g[a : a + chunk]
+                z = circle_noise(gp, gen) if noisy else None
+                if defer:
+                    new, nb = circle_update(piece, gp, z, ud, fuse, mask, *numbers)
+                    pending.append((piece, new))
+                else:
+                    nb = circle_update_(piece, gp, z, ud, fuse, mask, *numbers)
+                bads.append(nb)
+            bad = torch.stack(bads).sum() if mask and bads else None
+        if mask and bad is not None:
+            counters[i].add_(bad)
+            oks.append(bad == 0)
+
+    def commit():
+        for piece, new in pending:
+            for t, n in zip(piece, new):
+                t.copy_(n)
+        for views in views_all:
+            for v in views:
+                v.flush()
+
+    ok = torch.stack(oks) if oks else None
+    if not defer:
+        commit()
+        return (lambda: None), ok
+    return commit, ok
+
+
+# ---------------------------------------------------------------------------- unconstrained
+def update_free(b: Bucket, gen, *, mask: bool):
+    """A bucket of unconstrained tensors (``torch._foreach_*``, in place at commit)."""
+    h, tau, c1, c2, ud, fuse = _numbers(b.group)
+    params = [e.param for e in b.entries]
+    grads = [e.grad for e in b.entries]
+
+    def commit():
+        if mask:
+            _free_masked(b, params, grads, ud, h, c1, c2, tau, gen, fuse)
+        elif ud:
+            moms = [e.state["momentum_buffer"] for e in b.entries]
+            baoa_step_euclidean_(params, moms, grads, b.kick_h, h, c1, c2, gen, fuse)
+        else:
+            euler_euclidean_(params, grads, h, tau, gen)
+
+    return commit, None
+
+
+def _free_masked(b, params, grads, ud, h, c1, c2, tau, gen, fuse):
+    """The unconstrained update on copies; entries whose result is not finite keep their value
+    (and get zero momentum) and are counted as rejections."""
+    counters = [e.state["n_rejected"] for e in b.entries]
+    xs = [p.clone() for p in params]
+    moms = [e.state["momentum_buffer"] for e in b.entries] if ud else []
+    ps = [q.clone() for q in moms]
+    if ud:
+        baoa_step_euclidean_(xs, ps, grads, b.kick_h, h, c1, c2, gen, fuse)
+    else:
+        euler_euclidean_(xs, grads, h, tau, gen)
+    for i, x in enumerate(xs):
+        ok = torch.isfinite(x)
+        if ud:
+            ok = ok & torch.isfinite(ps[i])
+            moms[i].copy_(torch.where(ok, ps[i], 0.0))
+        params[i].copy_(torch.where(ok, x, params[i]))
+        counters[i].add_((~ok).sum())
