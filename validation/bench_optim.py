@@ -19,11 +19,11 @@ Cases (``CASES``):
 * ``ortho_1024x1024``, ``ortho_512x4608`` (a wide conv-like kernel ``(out, in*kh*kw)``: CoLA keeps
   its rows orthonormal and works on the ``4608 x 512`` transpose), ``ortho_512x128``: one
   orthogonal weight. CoLA (``lr = 0.1``, ``friction = 1``, ``tau = 0``); ``paper``: the same CoLA
-  step with the released scripts' SHAKE (``Stiefel(paper=True)``: 10 fixed iterations
-  ``Y <- Y - T (Y^T Y - I)/2`` on the ``N x p`` matrices); ``paper_released``: the released
-  o-CoLA step's own sequence of operations (momentum projection after the O step and after the
-  B step, 10 SHAKE iterations, RATTLE projection: 29 ``N x p x p`` products), written here from
-  that description; geoopt's ``RiemannianSGD`` (momentum 0.9) on ``EuclideanStiefel`` (QR
+  step with the released scripts' SHAKE (``validation.baselines.PaperStiefel``: 10 fixed
+  iterations ``Y <- Y - T (Y^T Y - I)/2`` on the ``N x p`` matrices); ``paper_released``: the
+  released o-CoLA step's own sequence of operations (momentum projection after the O step and
+  after the B step, 10 SHAKE iterations, RATTLE projection: 29 ``N x p x p`` products), written
+  here from that description; geoopt's ``RiemannianSGD`` (momentum 0.9) on ``EuclideanStiefel`` (QR
   retraction) and ``CanonicalStiefel`` (Cayley retraction) with the tall form as the parameter.
   Each time is also given in *matmul-equivalents*: the step's time divided by the time of one
   ``(N x p) @ (p x p)`` product of the same dtype (``N x p`` the tall form), timed in the same
@@ -63,8 +63,8 @@ import geoopt
 import torch
 from tqdm.auto import tqdm
 
-import manifold_langevin as ml
 from manifold_langevin.optim import CoLA, constrained_groups, orthogonal_init_
+from validation.baselines import PaperStiefel
 
 __all__ = ["CASES", "TARGETS", "Case", "main", "run", "time_methods"]
 
@@ -400,7 +400,7 @@ def case_orthogonal(
             return opt, None
 
         methods.update(_compiled_variants(make, device))
-    methods["paper"] = cola(ml.Stiefel(paper=True))
+    methods["paper"] = cola(PaperStiefel())
 
     with torch.no_grad():
         wr = tall(w0).contiguous().to(device=device, dtype=dtype)

@@ -273,7 +273,8 @@ METHODS = {
     "whole step compiled (inductor)",
     "cola_cudagraph_step": 'the same with `mode="reduce-overhead"` (CUDA graphs)',
     "matmul": "one `(N x p) @ (p x p)` product: the unit of matmul-equivalents",
-    "paper": "CoLA with the released scripts' SHAKE (`Stiefel(paper=True)`: 10 fixed iterations)",
+    "paper": "CoLA with the released scripts' SHAKE (`validation.baselines.PaperStiefel`: 10 fixed "
+    "iterations)",
     "paper_released": "the released o-CoLA step's own operation sequence (29 products)",
     "geoopt_euclidean_stiefel": "geoopt `RiemannianSGD` (momentum 0.9) on `EuclideanStiefel` "
     "(QR retraction)",
