@@ -64,7 +64,6 @@ def circle_kick_rotate(
     t: float,
     radius: float,
     scale: float = 1.0,
-    cos_sin=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""A kick, its tangent projection and the exact rotation for time ``t``, in one pass.
 
@@ -90,9 +89,6 @@ def circle_kick_rotate(
         t: the rotation time.
         radius: circle radius ``r``.
         scale: factor applied to the returned momentum.
-        cos_sin: ``theta -> (cos theta, sin theta)``; ``None`` (the library's only use) is
-            ``torch.cos`` and ``torch.sin``. ``validation/bench_circle_trig.py`` times this
-            same loop with other ways of computing them.
 
     Returns:
         ``(w_t, xi_t, pw_t, pxi_t)``.
@@ -104,7 +100,7 @@ def circle_kick_rotate(
     r2 = torch.addcmul(w * w, xi, xi)
     omega = torch.addcmul(w * pxi, xi, pw, value=-1.0).div_(r2)
     theta = omega * t
-    cos, sin = (torch.cos(theta), torch.sin(theta)) if cos_sin is None else cos_sin(theta)
+    cos, sin = torch.cos(theta), torch.sin(theta)
     w_t = torch.addcmul(cos * w, sin, xi, value=-1.0)
     xi_t = torch.addcmul(sin * w, cos, xi)
     omega = omega * scale
