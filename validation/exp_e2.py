@@ -42,7 +42,8 @@ and training loss against epochs: mean over seeds with a +-1 std band).
 Threads: ``--threads`` defaults to 1. Measured on the shared 2-core machine this was written on
 (load average about 3): a c-CoLA step of this MLP took 80 ms with 2 intra-op threads and 8-16 ms
 with 1 (the circle update is many small elementwise kernels, each a parallel region), an SGD
-epoch 4.1 s vs 0.8 s, the 60,000-image evaluation 1.9 s vs 1.3 s.
+epoch 4.1 s vs 0.8 s, the 60,000-image evaluation 1.9 s vs 1.3 s (``docs/performance.md``,
+"Threads").
 
 Run ``python -m validation.exp_e2 [--quick] [--seeds 3] [--epochs 50] [--method KEY ...]``.
 """
