@@ -1,4 +1,6 @@
-"""The public contract of DESIGN.md, run as written (only the run lengths are shortened)."""
+"""The public sampling API as the README and the docs use it (manifolds that are geoopt manifolds,
+``Langevin`` / ``OverdampedLangevin``, ``sample`` and its result), run as written; only the run
+lengths are shortened."""
 
 from __future__ import annotations
 

@@ -10,9 +10,10 @@ What is guarded:
 
 * ``CoLA.step`` with ``on_nonfinite="mask"`` (and the default ``on_failure="reject"``): circle,
   orthogonal (square, tall, wide, ``p <= 8`` and ``p > 8``, RATTLE and geodesic), sphere, a
-  manifold object and unconstrained parameters, at zero and positive temperature, ``"ud"`` and
-  ``"od"``. The first step of a parameter reads its constraint residual once (the documented
-  off-manifold check), so each optimizer takes one unguarded step first.
+  manifold object (the released o-CoLA SHAKE of ``validation.baselines``) and unconstrained
+  parameters, at zero and positive temperature, ``"ud"`` and ``"od"``. The first step of a
+  parameter reads its constraint residual once (the documented off-manifold check), so each
+  optimizer takes one unguarded step first.
 * the default ``on_nonfinite="raise"`` costs exactly one read per step (checked, not forbidden).
 * ``Langevin.sample`` / ``OverdampedLangevin.sample``: from the first integrator step to the end
   of the loop (start-up checks and the final totals are host reads by design).
@@ -28,6 +29,7 @@ import torch
 import manifold_langevin as ml
 from manifold_langevin.optim import CoLA, orthogonal_init_
 from manifold_langevin.sampling import loop as sampling
+from validation.baselines import PaperStiefel
 
 _SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
 
@@ -121,7 +123,7 @@ def _param_sets():
         "sphere_and_objects": [
             {"params": [torch.nn.Parameter(n(torch.randn(4, 5), dim=-1))], "constraint": "sphere"},
             {"params": [torch.nn.Parameter(_orthonormal(7, 3))],
-             "constraint": ml.Stiefel(paper=True)},
+             "constraint": PaperStiefel()},
         ],
         "free": [{"params": [torch.nn.Parameter(torch.randn(6, 4)),
                              torch.nn.Parameter(torch.randn(4))]}],

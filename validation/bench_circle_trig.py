@@ -16,28 +16,42 @@ getting ``cos(theta)`` and ``sin(theta)``:
 and ``sgd``: ``torch.optim.SGD(momentum=0.9)`` on the same number of weights. Times are medians of
 warm repeated calls on one thread (caches warm, unlike ``bench_optim``'s rotation). It also
 reports the largest error of ``reduced_poly`` against float64 ``sin``/``cos`` over several angle
-ranges. Run ``python -m validation.bench_circle_trig [--quick]``; writes
-``bench_circle_trig.json`` to ``--out`` (default ``validation/results``).
+ranges.
+
+The library function is compiled as it is, not copied: for a replacement, ``torch.cos`` and
+``torch.sin`` are patched (``unittest.mock.patch``, :func:`trig`) while ``torch.compile`` traces
+it and while the compiled loop runs, so that dynamo inlines the replacement into the loop. After
+timing each variant, :func:`check_replacement` verifies on large angles that the compiled loop
+computes what the eager loop computes with the same ``sin`` and ``cos``, and that a
+replacement's loop differs from the exact one by the polynomial's error; :func:`run` raises if
+not.
+
+Run ``python -m validation.bench_circle_trig [--quick]``; writes ``bench_circle_trig.json`` to
+``--out`` (default ``validation/results``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 from manifold_langevin.integrators.circle_substeps import circle_kick_rotate
 from validation.bench_optim import environment
 
-__all__ = ["main", "reduced_cos_sin", "run"]
+__all__ = ["TRIG", "check_replacement", "main", "reduced_cos_sin", "run", "trig"]
 
 SCHEMA_VERSION = 1
+#: circle radius of the benchmark
+RADIUS = 0.1
 #: pi/2 = P1 + P2 + P3, each part exactly representable with few mantissa bits (so k * P1 and
 #: k * P2 are exact for |k| < 2^16)
 _P1, _P2, _P3 = 1.5703125, 4.837512969970703125e-4, 7.54978995489188216e-8
@@ -62,25 +76,104 @@ def _cheap_cos_sin(theta):
     return 1.0 - 0.5 * z, theta * (1.0 - z / 6.0)
 
 
+#: ``name -> theta -> (cos theta, sin theta)`` in place of torch's (``None``: torch's own)
 TRIG = {
-    "exact": lambda t: (torch.cos(t), torch.sin(t)),
+    "exact": None,
     "reduced_poly": reduced_cos_sin,
     "cheap_poly": _cheap_cos_sin,
 }
 
 
-def _loop(cos_sin):
+@contextlib.contextmanager
+def trig(name: str):
+    """``torch.cos`` and ``torch.sin`` replaced by the two halves of ``TRIG[name]`` while active
+    (unchanged for ``"exact"``)."""
+    cos_sin = TRIG[name]
+    if cos_sin is None:
+        yield
+        return
+    with (
+        mock.patch("torch.cos", lambda theta: cos_sin(theta)[0]),
+        mock.patch("torch.sin", lambda theta: cos_sin(theta)[1]),
+    ):
+        yield
+
+
+def update(w, xi, pw, pxi, g, kick, t, radius, c1):
     """The update ``CoLA(compile=True)`` compiles for a circle tensor at zero temperature (the
-    library's :func:`circle_kick_rotate`, then the bound on ``|w|``), written into the state,
-    with ``cos_sin`` in place of torch's ``cos`` and ``sin``."""
+    library's :func:`circle_kick_rotate`, then the bound on ``|w|``), written into the state."""
+    new = circle_kick_rotate(w, xi, pw, pxi, g, kick, t, radius, c1)
+    new = (torch.clamp(new[0], -radius, radius), *new[1:])
+    for target, value in zip((w, xi, pw, pxi), new):
+        target.copy_(value)
 
-    def update(w, xi, pw, pxi, g, kick, t, radius, c1):
-        new = circle_kick_rotate(w, xi, pw, pxi, g, kick, t, radius, c1, cos_sin=cos_sin)
-        new = (torch.clamp(new[0], -radius, radius), *new[1:])
-        for target, value in zip((w, xi, pw, pxi), new):
-            target.copy_(value)
 
-    return update
+def _numbers(dtype=torch.float32) -> list[torch.Tensor]:
+    """The step's numbers as 0-d tensors, as CoLA passes them: the kick ``-h``, the rotation
+    time ``(1 + c1) h / 2``, the radius and ``c1 = exp(-h)`` (``h = 0.1``, radius 0.1)."""
+    h, c1 = 0.1, math.exp(-0.1)
+    return [torch.tensor(v, dtype=dtype) for v in (-h, 0.5 * (1.0 + c1) * h, RADIUS, c1)]
+
+
+def _large_angles(n: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """A state on the circles with tangent momenta whose rotation angles reach +-2.9 (the
+    benchmark's own angles are about 1e-3, where even the inexact polynomial is exact)."""
+    gen = torch.Generator().manual_seed(1)
+    phi = (2 * math.pi * torch.rand(n, generator=gen, dtype=torch.float64)).to(dtype)
+    omega = (60 * (torch.rand(n, generator=gen, dtype=torch.float64) - 0.5)).to(dtype)
+    w, xi = RADIUS * torch.cos(phi), RADIUS * torch.sin(phi)
+    return [w, xi, -omega * xi, omega * w]
+
+
+def _apply(fn, state, numbers) -> list[torch.Tensor]:
+    out = [v.clone() for v in state]
+    fn(*out, torch.zeros_like(out[0]), *numbers)
+    return out
+
+
+def _max_diff(a, b) -> float:
+    """Largest difference of the tensors of ``a`` to those of ``b``, relative to each of ``b``'s
+    largest entry."""
+    return max(float((x - y).abs().max() / y.abs().max()) for x, y in zip(a, b))
+
+
+def check_replacement(name: str, fn, n: int) -> dict:
+    """Verify that the compiled loop ``fn`` of variant ``name`` used that variant's sin and cos.
+
+    Call it right after timing ``fn``, before anything resets dynamo's caches, so that the
+    float32 check runs the very kernel that was timed. On a state with large angles
+    (:func:`_large_angles`), in float32 and in float64 (a second compilation under the same
+    patch), the compiled loop must agree with the eager loop run with the same functions
+    (relative differences, float32: 1e-5, float64: 1e-12), and a replacement's compiled loop
+    must differ from the exact eager loop by more than ten times that: by its polynomial's
+    error, of order 1 for ``cheap_poly`` and 1e-9 for ``reduced_poly`` (visible in float64 only:
+    in float32 it is as accurate as torch's own ``sin`` and ``cos``).
+
+    Returns:
+        ``{dtype: [difference to the eager loop with the same functions, difference to the
+        exact eager loop]}`` (largest differences in the new state, relative to its largest
+        entries).
+
+    Raises:
+        RuntimeError: the compiled loop did not compute what its functions compute.
+    """
+    out = {}
+    for dtype, agree in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        state, numbers = _large_angles(n, dtype), _numbers(dtype)
+        exact = _apply(update, state, numbers)
+        with trig(name):
+            got = _apply(fn, state, numbers)
+            same = _apply(update, state, numbers)
+        d_same, d_exact = _max_diff(got, same), _max_diff(got, exact)
+        out[str(dtype).removeprefix("torch.")] = [d_same, d_exact]
+        visible = TRIG[name] is not None and (name == "cheap_poly" or dtype == torch.float64)
+        if d_same > agree or (visible and d_exact <= 10 * agree):
+            raise RuntimeError(
+                f"the compiled loop {name!r} ({dtype}) does not compute its sin and cos: "
+                f"{d_same:.2e} from the eager loop with the same functions, {d_exact:.2e} from "
+                "the exact one"
+            )
+    return out
 
 
 def _median_ms(fn, reps: int) -> float:
@@ -114,19 +207,20 @@ def accuracy() -> list[dict]:
 def run(*, quick: bool = False, log=print) -> dict:
     n, reps = (10**4, 5) if quick else (10**6, 201)
     gen = torch.Generator().manual_seed(0)
-    radius = 0.1
+    radius = RADIUS
     w0 = (2 * torch.rand(n, generator=gen) - 1) * radius
     g = 1e-3 * torch.randn(n, generator=gen)
-    # the numbers as 0-d tensors, as CoLA passes them (kick -h, rotation time (1 + c1) h / 2)
-    h, c1 = 0.1, math.exp(-0.1)
-    numbers = [torch.tensor(v) for v in (-h, 0.5 * (1.0 + c1) * h, radius, c1)]
-    times = {}
-    for name, cos_sin in TRIG.items():
+    numbers = _numbers()
+    times, checks = {}, {}
+    for name in TRIG:
         state = [w0.clone(), torch.sqrt(radius**2 - w0 * w0), 1e-3 * torch.ones(n), torch.zeros(n)]
-        fn = torch.compile(_loop(cos_sin), dynamic=True)
-        for _ in range(3):
-            fn(*state, g, *numbers)
-        times[name] = _median_ms(lambda fn=fn, state=state: fn(*state, g, *numbers), reps)
+        torch._dynamo.reset()  # every variant from a fresh trace of the same function
+        fn = torch.compile(update, dynamic=True)
+        with trig(name):
+            for _ in range(3):
+                fn(*state, g, *numbers)
+            times[name] = _median_ms(lambda fn=fn, state=state: fn(*state, g, *numbers), reps)
+        checks[name] = check_replacement(name, fn, n)
     p = torch.nn.Parameter(w0.clone())
     p.grad = g
     sgd = torch.optim.SGD([p], lr=0.1, momentum=0.9)
@@ -136,6 +230,12 @@ def run(*, quick: bool = False, log=print) -> dict:
     if log:
         for name, ms in times.items():
             log(f"{name:13s} {ms:8.3f} ms  ({ms / times['sgd']:.2f}x SGD)")
+        for name, by_dtype in checks.items():
+            log(
+                f"{name:13s} compiled loop on large angles, largest difference to the eager loop "
+                "with the same sin/cos / to the exact loop: "
+                + "; ".join(f"{k} {a:.1e} / {b:.1e}" for k, (a, b) in by_dtype.items())
+            )
     acc = accuracy()
     if log:
         for a in acc:

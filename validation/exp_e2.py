@@ -1,6 +1,6 @@
 """E2 of the paper: does weight-constrained training overfit less? (MLP on Fashion-MNIST.)
 
-Setting (Leimkuhler, Vlaar, Pouchon, Storkey, ICML 2021, experiment E2; see ``PAPER.md``): an MLP
+Setting (Leimkuhler, Vlaar, Pouchon, Storkey, ICML 2021, experiment E2): an MLP
 784-1000-10 with ReLU, trained with batch 128 on a small training set of 10,000 Fashion-MNIST
 images (here: the *first* 10,000 images of the training file) and evaluated on the other 60,000
 images (the remaining 50,000 training images plus the 10,000 test images). The paper's claim:
@@ -29,6 +29,11 @@ training images and validated on the last 2,000, for ``--tune-epochs`` epochs; t
 highest validation accuracy at any epoch wins (ties: lower validation loss). The untuned methods
 get the same validation run for reference. The final runs then train on all 10,000 images.
 
+The models, the training loop, the evaluation and the optimizers are the library's
+(``ml.nn.mlp``, ``ml.nn.train``, ``ml.nn.evaluate``,
+``ml.nn.make_optimizer``); this script adds the tuning, the evaluation schedule, the
+per-seed records and the aggregation.
+
 Outputs (``--out``, default ``validation/results``; ``--quick`` writes to ``<out>/quick``):
 ``exp_e2.json`` (settings, tuning tables, every curve, per-seed and aggregated summaries, a
 markdown ``table``, constraint residuals, timings) and ``exp_e2.png`` (test loss, test accuracy
@@ -37,7 +42,8 @@ and training loss against epochs: mean over seeds with a +-1 std band).
 Threads: ``--threads`` defaults to 1. Measured on the shared 2-core machine this was written on
 (load average about 3): a c-CoLA step of this MLP took 80 ms with 2 intra-op threads and 8-16 ms
 with 1 (the circle update is many small elementwise kernels, each a parallel region), an SGD
-epoch 4.1 s vs 0.8 s, the 60,000-image evaluation 1.9 s vs 1.3 s.
+epoch 4.1 s vs 0.8 s, the 60,000-image evaluation 1.9 s vs 1.3 s (``docs/performance.md``,
+"Threads").
 
 Run ``python -m validation.exp_e2 [--quick] [--seeds 3] [--epochs 50] [--method KEY ...]``.
 """
@@ -45,7 +51,6 @@ Run ``python -m validation.exp_e2 [--quick] [--seeds 3] [--epochs 50] [--method 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import os
@@ -57,7 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from manifold_langevin.optim import CoLA, constrained_groups
+import manifold_langevin as ml
 from validation.experiment_data import load_fashion_mnist
 
 __all__ = [
@@ -65,17 +70,17 @@ __all__ = [
     "Method",
     "aggregate",
     "analyze",
-    "evaluate",
+    "build_optimizer",
     "main",
     "make_mlp",
-    "make_optimizer",
     "markdown_table",
     "matched_train_loss",
     "run",
-    "train_epoch",
+    "train_run",
 ]
 
 BATCH = 128
+EVAL_BATCH = 10_000  # examples per forward pass of the evaluation
 N_TRAIN = 10_000
 N_VAL = 2_000  # the last 2,000 of the training subset, for tuning only
 RADII = (0.05, 0.1)  # the paper's r0 (input layer), r1 (other layers)
@@ -130,75 +135,47 @@ QUICK_GRIDS = {"cola_t": (1e-5,), "sgd": (0.1,), "adam": (1e-3,)}
 
 
 def make_mlp(seed: int, sizes=(784, 1000, 10)) -> nn.Sequential:
-    """ReLU MLP with PyTorch's default initialisation drawn from ``torch.manual_seed(seed)``."""
+    """``ml.nn.mlp(sizes, "relu")`` behind an ``nn.Flatten`` (which also keeps the parameter
+    names ``1.weight``, ``3.weight`` of the results), with PyTorch's default initialisation drawn
+    from ``torch.manual_seed(seed)``."""
     torch.manual_seed(seed)
-    layers: list[nn.Module] = [nn.Flatten()]
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+    return nn.Sequential(nn.Flatten(), *ml.nn.mlp(sizes, "relu"))
 
 
-def make_optimizer(kind: str, model: nn.Module, seed: int, **hyper) -> torch.optim.Optimizer:
-    """Build the optimizer of a :class:`Method` for ``model`` (constraining its weights in place:
-    circle clipping with the paper's radii, or QR for the orthogonal constraint)."""
-    if kind == "cola-circle":
-        return CoLA(constrained_groups(model, "circle", radius=RADII), seed=seed, **hyper)
-    if kind == "cola-orthogonal":
-        return CoLA(constrained_groups(model, "orthogonal"), seed=seed, **hyper)
+#: :attr:`Method.kind` -> the name of ``ml.nn.make_optimizer`` that builds it
+FACTORY_NAMES = {
+    "cola-circle": "cola-circle",
+    "cola-orthogonal": "cola-orthogonal",
+    "cola-free": "cola",
+    "sgd": "sgd",
+    "adam": "adam",
+}
+
+
+def build_optimizer(kind: str, model: nn.Module, seed: int, **hyper) -> torch.optim.Optimizer:
+    """The optimizer of a :class:`Method` for ``model``, from ``ml.nn.make_optimizer``
+    (which constrains the weights in place: circle clipping with the paper's radii :data:`RADII`,
+    or QR for the orthogonal constraint). ``hyper`` are its keyword arguments (``lr``,
+    ``friction``, ``temperature``, ``momentum``); CoLA's noise is seeded with ``seed``.
+
+    ``"cola-orthogonal-body"`` (o-CoLA with the output layer left unconstrained too, an ablation
+    the factory has no name for) is ``CoLA`` on ``ml.optim.constrained_groups`` with a
+    ``select`` that skips the last weight.
+    """
     if kind == "cola-orthogonal-body":
-        # o-CoLA with the output layer left unconstrained too (first and last layer free)
         last = [n for n, p in model.named_parameters() if p.dim() >= 2][-1]
-        groups = constrained_groups(
+        groups = ml.optim.constrained_groups(
             model, "orthogonal", select=lambda n, p: p.dim() >= 2 and n != last
         )
-        return CoLA(groups, seed=seed, **hyper)
-    if kind == "cola-free":
-        return CoLA(model.parameters(), seed=seed, **hyper)
-    if kind == "sgd":
-        return torch.optim.SGD(model.parameters(), **hyper)
-    if kind == "adam":
-        return torch.optim.Adam(model.parameters(), **hyper)
-    raise ValueError(f"unknown optimizer kind {kind!r}")
-
-
-def train_epoch(model, opt, x, y, batch: int, generator: torch.Generator) -> tuple[float, float]:
-    """One pass over ``(x, y)`` in shuffled minibatches; returns the running mean of the
-    minibatch losses and accuracies (the model changes during the epoch)."""
-    model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    hits = torch.zeros((), dtype=torch.int64)
-    for idx in torch.randperm(len(y), generator=generator).split(batch):
-        xb, yb = x[idx], y[idx]
-        opt.zero_grad(set_to_none=True)
-        out = model(xb)
-        loss = nn.functional.cross_entropy(out, yb)
-        loss.backward()
-        opt.step()
-        loss_sum += loss.detach() * len(yb)
-        hits += (out.detach().argmax(1) == yb).sum()
-    return float(loss_sum) / len(y), float(hits) / len(y)
-
-
-@torch.no_grad()
-def evaluate(model, x, y, chunk: int = 10_000) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over ``(x, y)``, in chunks, without autograd."""
-    model.eval()
-    loss = torch.zeros((), dtype=torch.float64)
-    hits = torch.zeros((), dtype=torch.int64)
-    for xb, yb in zip(x.split(chunk), y.split(chunk)):
-        out = model(xb)
-        loss += nn.functional.cross_entropy(out, yb, reduction="sum").double()
-        hits += (out.argmax(1) == yb).sum()
-    return float(loss) / len(y), float(hits) / len(y)
-
-
-def constraint_residual(opt) -> float:
-    """Largest constraint residual of a CoLA optimizer's constrained parameters (0 otherwise)."""
-    if not isinstance(opt, CoLA):
-        return 0.0
-    return max(opt.residuals().values(), default=0.0)
+        return ml.optim.CoLA(groups, seed=seed, **hyper)
+    if kind not in FACTORY_NAMES:
+        raise ValueError(f"unknown optimizer kind {kind!r}")
+    name = FACTORY_NAMES[kind]
+    if name.startswith("cola"):
+        hyper = {**hyper, "seed": seed}
+    if kind == "cola-circle":
+        hyper["radius"] = RADII
+    return ml.nn.make_optimizer(name, model, **hyper)
 
 
 def eval_schedule(epochs: int) -> list[int]:
@@ -210,7 +187,8 @@ def eval_schedule(epochs: int) -> list[int]:
 
 
 def split_data(n_train: int = N_TRAIN, n_eval: int | None = None, n_val: int = N_VAL) -> dict:
-    """The E2 split: training subset, evaluation set and the tuning split of the subset.
+    """The E2 split: training subset, evaluation set and the tuning split of the subset, as
+    ``ml.nn.data.Split`` s of flat 784-vectors.
 
     ``n_eval`` limits the evaluation set (``None``: all 60,000 other images)."""
     xtr, ytr, xte, yte = load_fashion_mnist()
@@ -221,10 +199,10 @@ def split_data(n_train: int = N_TRAIN, n_eval: int | None = None, n_val: int = N
         x_ev, y_ev = x_ev[:n_eval], y_ev[:n_eval]
     cut = n_train - n_val
     return {
-        "train": (x_fit, y_fit),
-        "eval": (x_ev, y_ev),
-        "tune_train": (x_fit[:cut], y_fit[:cut]),
-        "tune_val": (x_fit[cut:], y_fit[cut:]),
+        "train": ml.nn.data.Split(x_fit, y_fit),
+        "eval": ml.nn.data.Split(x_ev, y_ev),
+        "tune_train": ml.nn.data.Split(x_fit[:cut], y_fit[:cut]),
+        "tune_val": ml.nn.data.Split(x_fit[cut:], y_fit[cut:]),
     }
 
 
@@ -241,25 +219,29 @@ def train_run(
     probe=None,
     probe_epochs=(),
 ) -> dict:
-    """Train one model and score it on ``test`` after each epoch in ``eval_epochs``.
+    """Train one model with ``ml.nn.train`` and score it on ``test`` after each epoch in
+    ``eval_epochs`` (``ml.nn.evaluate``, from the loop's per-epoch callback).
 
-    ``probe(model)``, if given, is called before training (if ``0 in probe_epochs``) and after
-    each epoch in ``probe_epochs``; its results are stored under ``"probes"``.
+    ``train`` and ``test`` are ``ml.nn.data.Split`` s. ``probe(model)``, if given, is called before
+    training (if ``0 in probe_epochs``) and after each epoch in ``probe_epochs``; its results are
+    stored under ``"probes"``.
 
     Returns a record with the curves (``epochs``, ``test_loss``, ``test_acc``, per-epoch
-    ``train_loss`` / ``train_acc``), the largest constraint residual seen (checked after every
-    epoch), CoLA's rejected-step count and the wall time (probes included).
+    ``train_loss`` / ``train_acc``: the loop's running means over the epoch's minibatches), the
+    largest constraint residual seen (the loop reads it after every epoch), CoLA's rejected-step
+    count and the wall time (probes included). A run whose training loss is not finite stops
+    after that epoch (the loop does) and records ``diverged_at``.
     """
     model = model_fn(seed)
     before = [p.detach().clone() for p in model.parameters()]
     if method.init == "orthogonal":
-        constrained_groups(model, "orthogonal", init=True)  # the same weights o-CoLA constrains
+        # the same weights o-CoLA constrains
+        ml.optim.constrained_groups(model, "orthogonal", init=True)
     elif method.init != "default":
         raise ValueError(f"unknown init {method.init!r}")
-    opt = make_optimizer(method.kind, model, seed, **hyper)
+    opt = build_optimizer(method.kind, model, seed, **hyper)
     changed = sum(int((p.detach() != b).sum()) for p, b in zip(model.parameters(), before))
-    gen = torch.Generator().manual_seed(seed)
-    eval_epochs = set(eval_epochs)
+    eval_epochs, probe_epochs = set(eval_epochs), set(probe_epochs)
     rec = {
         "method": method.key,
         "seed": seed,
@@ -271,29 +253,33 @@ def train_run(
         "train_loss": [],
         "train_acc": [],
     }
-    max_res = 0.0
-    probe_epochs = set(probe_epochs)
+
+    def after_epoch(record: dict) -> None:
+        epoch = record["epoch"]
+        if not math.isfinite(record["train_loss"]):
+            rec["diverged_at"] = epoch  # the loop stops after this epoch
+            return
+        if epoch in eval_epochs:
+            scores = ml.nn.evaluate(model, test, batch_size=EVAL_BATCH)
+            rec["epochs"].append(epoch)
+            rec["test_loss"].append(scores["loss"])
+            rec["test_acc"].append(scores["acc"])
+        if probe is not None and epoch in probe_epochs:
+            rec["probes"].append({"epoch": epoch, **probe(model)})
+
     t0 = time.perf_counter()
     if probe is not None:
         rec["probes"] = [{"epoch": 0, **probe(model)}] if 0 in probe_epochs else []
-    for epoch in range(1, epochs + 1):
-        tl, ta = train_epoch(model, opt, *train, batch, gen)
-        rec["train_loss"].append(tl)
-        rec["train_acc"].append(ta)
-        max_res = max(max_res, constraint_residual(opt))
-        if not math.isfinite(tl):
-            rec["diverged_at"] = epoch
-            break
-        if epoch in eval_epochs:
-            vl, va = evaluate(model, *test)
-            rec["epochs"].append(epoch)
-            rec["test_loss"].append(vl)
-            rec["test_acc"].append(va)
-        if probe is not None and epoch in probe_epochs:
-            rec["probes"].append({"epoch": epoch, **probe(model)})
+    history = ml.nn.train(
+        model, opt, train, epochs=epochs, batch_size=batch, progress=False, callback=after_epoch,
+        generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
     rec["seconds"] = time.perf_counter() - t0
-    rec["max_residual"] = max_res
-    rec["n_rejected"] = opt.n_rejected() if isinstance(opt, CoLA) else 0
+    rec["train_loss"] = [r["train_loss"] for r in history]
+    rec["train_acc"] = [r["train_acc"] for r in history]
+    # residual and rejections are None for optimizers without constrained parameters
+    rec["max_residual"] = max((r["max_residual"] or 0.0 for r in history), default=0.0)
+    rec["n_rejected"] = (history[-1]["n_rejected"] or 0) if history else 0
     if method.kind == "cola-circle":
         weights = [(n, p.detach()) for n, p in model.named_parameters() if p.dim() >= 2]
         radii = [RADII[0]] + [RADII[1]] * (len(weights) - 1)
@@ -624,10 +610,10 @@ def run(
             "epochs": epochs,
             "tune_epochs": tune_epochs,
             "batch": BATCH,
-            "n_train": len(data["train"][1]),
-            "n_eval": len(data["eval"][1]),
-            "n_tune_train": len(data["tune_train"][1]),
-            "n_tune_val": len(data["tune_val"][1]),
+            "n_train": len(data["train"]),
+            "n_eval": len(data["eval"]),
+            "n_tune_train": len(data["tune_train"]),
+            "n_tune_val": len(data["tune_val"]),
             "train_subset": "the first n_train images of the Fashion-MNIST training file",
             "eval_set": "the other training images followed by the 10,000 test images",
             "radii": RADII,

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import manifold_langevin as ml
 from validation.exp_e2 import CRITERIA, Method, aggregate, train_run, tune
 from validation.experiment_data import load_fashion_mnist
 
@@ -90,13 +91,10 @@ def make_cnn(seed: int) -> nn.Sequential:
 
 
 def make_deep(seed: int, depth: int = DEPTH, width: int = WIDTH) -> nn.Sequential:
-    """The part (b) tanh MLP: ``784 -> width``, ``depth`` hidden ``width x width``, ``-> 10``."""
+    """The part (b) tanh MLP ``ml.nn.mlp``: ``784 -> width``, ``depth`` hidden
+    ``width x width``, ``-> 10``; PyTorch's default init from ``seed``."""
     torch.manual_seed(seed)
-    layers: list[nn.Module] = [nn.Linear(784, width), nn.Tanh()]
-    for _ in range(depth):
-        layers += [nn.Linear(width, width), nn.Tanh()]
-    layers.append(nn.Linear(width, 10))
-    return nn.Sequential(*layers)
+    return ml.nn.mlp([784, *[width] * (depth + 1), 10], "tanh")
 
 
 def grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -115,7 +113,8 @@ def grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
 
 
 def split(n_train: int = 10_000, n_val: int = 2_000, n_test: int | None = None) -> dict:
-    """First ``n_train`` training images (tuning: their last ``n_val`` held out), test set."""
+    """First ``n_train`` training images (tuning: their last ``n_val`` held out), test set; as
+    ``ml.nn.data.Split`` s of flat 784-vectors."""
     xtr, ytr, xte, yte = load_fashion_mnist()
     x, y = xtr[:n_train].reshape(n_train, -1), ytr[:n_train]
     xt, yt = xte.reshape(len(xte), -1), yte
@@ -123,10 +122,10 @@ def split(n_train: int = 10_000, n_val: int = 2_000, n_test: int | None = None) 
         xt, yt = xt[:n_test], yt[:n_test]
     cut = n_train - n_val
     return {
-        "train": (x, y),
-        "eval": (xt, yt),
-        "tune_train": (x[:cut], y[:cut]),
-        "tune_val": (x[cut:], y[cut:]),
+        "train": ml.nn.data.Split(x, y),
+        "eval": ml.nn.data.Split(xt, yt),
+        "tune_train": ml.nn.data.Split(x[:cut], y[:cut]),
+        "tune_val": ml.nn.data.Split(x[cut:], y[cut:]),
     }
 
 
@@ -193,7 +192,7 @@ def run_cnn(data, seeds, epochs, tune_epochs, quick, log) -> dict:
 def run_deep(data, seeds, epochs, tune_epochs, quick, log) -> dict:
     """Part (b): tune, train with gradient-norm probes; returns the JSON-ready record."""
     tuning, chosen = _tune_all(DEEP_METHODS, data, tune_epochs, make_deep, quick, log)
-    xp, yp = (t[:PROBE_SIZE] for t in data["train"])
+    xp, yp = data["train"].x[:PROBE_SIZE], data["train"].y[:PROBE_SIZE]
     probe_epochs = sorted({0, 1, max(1, epochs // 2), epochs})
     runs = {m.key: [] for m in DEEP_METHODS}
     for seed in range(seeds):
@@ -388,10 +387,10 @@ def run(
             "seeds": seeds,
             "epochs": epochs,
             "tune_epochs": tune_epochs,
-            "n_train": len(data["train"][1]),
-            "n_test": len(data["eval"][1]),
-            "n_tune_train": len(data["tune_train"][1]),
-            "n_tune_val": len(data["tune_val"][1]),
+            "n_train": len(data["train"]),
+            "n_test": len(data["eval"]),
+            "n_tune_train": len(data["tune_train"]),
+            "n_tune_val": len(data["tune_val"]),
             "batch": 128,
             "tuning_criterion": CRITERIA[CRITERION],
             "deep_depth": DEPTH,

@@ -5,7 +5,8 @@ spiral with about 100 points and reports test accuracies SGD 81%, SGD + weight d
 constrained SGD 86.95%, SGLD 84.45%, constrained SGLD 91.7%; its architecture and hyperparameters
 are not stated. This script runs the same five methods on a set-up of ours:
 
-* data: :func:`manifold_langevin.nn.data.spirals`, 1.5 turns, coordinate noise 0.1 (arms 0.33 apart);
+* data: :func:`manifold_langevin.nn.data.spirals`, 1.5 turns, coordinate noise 0.1 (arms 0.33
+apart);
   100 training points and 10,000 test points from the same distribution, a fresh draw per seed.
   The Bayes accuracy of this distribution is about 93.4% (a 200-nearest-neighbour classifier fit
   to 200,000 points);
@@ -13,9 +14,12 @@ are not stated. This script runs the same five methods on a set-up of ours:
 * methods (every seed uses the same data and initial weights for all of them):
 
   - ``sgd``: heavy-ball SGD, the unconstrained twin of ``c-sgd``: ``torch.optim.SGD`` with
-    ``lr = h^2 (1 + mu) / 2``, ``momentum = mu = exp(-gamma h)`` (``sgd_equivalent``);
+    learning rate ``sgd_lr`` and momentum ``sgd_momentum``;
   - ``sgd-wd``: the same with weight decay;
-  - ``c-sgd``: c-CoLA-ud at ``tau = 0`` (step ``h``, friction ``gamma``), circle constraint;
+  - ``c-sgd``: c-CoLA-ud at ``tau = 0``, circle constraint, at the step ``h`` and friction
+    ``gamma`` that ``ml.optim.sgd_equivalent(sgd_lr, sgd_momentum)`` gives (``h = 0.3``,
+    ``gamma = 1``): without the constraint it would be that SGD (but for its first step, a half
+    kick from rest);
   - ``sgld``: CoLA-od without constraint at ``tau > 0`` (SGLD: ``theta' = theta - h grad L +
     sqrt(2 h tau) R``);
   - ``c-sgld``: c-CoLA-od at the same ``h`` and ``tau`` (projected SGLD on the circles).
@@ -59,9 +63,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from manifold_langevin.nn import data
-from manifold_langevin.optim import CoLA, constrained_groups
-from manifold_langevin.nn import mlp, train
+import manifold_langevin as ml
 
 __all__ = ["METHODS", "QUICK", "SETTINGS", "Settings", "main", "make_optimizer", "run", "table"]
 
@@ -95,8 +97,10 @@ class Settings:
     activation: str = "relu"
     epochs: int = 2000
     batch_size: int = 20
-    h: float = 0.3  # underdamped step (sgd, sgd-wd, c-sgd)
-    friction: float = 1.0
+    # heavy-ball SGD of sgd and sgd-wd; c-sgd runs at ml.optim.sgd_equivalent of these, h = 0.3
+    # and friction 1 (for which lr = h^2 (1 + mu) / 2 and mu = exp(-friction h))
+    sgd_lr: float = 0.0783368199306773
+    sgd_momentum: float = 0.7408182206817179
     weight_decay: float = 1e-4
     radius: tuple[float, float] = (2.0, 0.5)  # first layer, other layers
     h_od: float = 0.2  # overdamped step (sgld, c-sgld)
@@ -139,25 +143,25 @@ TUNING = {
 
 
 def make_optimizer(method: str, model: torch.nn.Module, s: Settings, seed: int):
-    """The optimizer of ``method`` for ``model`` (constrained methods also initialise the weights
-    on their circles by clipping)."""
-    h, gamma = s.h, s.friction
-    mu = math.exp(-gamma * h)
+    """The optimizer of ``method`` for ``model``, from ``ml.nn.make_optimizer`` (constrained
+    methods also initialise the weights on their circles by clipping)."""
+    make = ml.nn.make_optimizer
     if method in ("sgd", "sgd-wd"):
         wd = s.weight_decay if method == "sgd-wd" else 0.0
-        return torch.optim.SGD(
-            model.parameters(), lr=h * h * (1 + mu) / 2, momentum=mu, weight_decay=wd
-        )
+        return make("sgd", model, lr=s.sgd_lr, momentum=s.sgd_momentum, weight_decay=wd)
     if method == "c-sgd":
-        groups = constrained_groups(model, "circle", s.radius)
-        return CoLA(groups, lr=h, friction=gamma, seed=seed)
+        twin = ml.optim.sgd_equivalent(s.sgd_lr, s.sgd_momentum)
+        return make(
+            "cola-circle", model, lr=twin["lr"], friction=twin["friction"], radius=s.radius,
+            seed=seed,
+        )  # fmt: skip
     if method == "sgld":
-        return CoLA(
-            model.parameters(), lr=s.h_od, scheme="od", temperature=s.temperature, seed=seed
-        )
+        return make("cola-od", model, lr=s.h_od, temperature=s.temperature, seed=seed)
     if method == "c-sgld":
-        groups = constrained_groups(model, "circle", s.radius)
-        return CoLA(groups, lr=s.h_od, scheme="od", temperature=s.temperature, seed=seed)
+        return make(
+            "cola-od-circle", model, lr=s.h_od, temperature=s.temperature, radius=s.radius,
+            seed=seed,
+        )  # fmt: skip
     raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
 
 
@@ -170,12 +174,12 @@ def _grid(lim: float = 1.35, n: int = 161) -> torch.Tensor:
 def run_one(method: str, seed: int, s: Settings, *, boundary: bool = False) -> dict:
     """Train one method on the spiral draw of ``seed``; returns its final metrics (and the
     predicted class-1 probability on a grid when ``boundary``)."""
-    train_set, test_set = data.spirals(s.n_train, s.n_test, s.noise, seed, turns=s.turns)
+    train_set, test_set = ml.nn.data.spirals(s.n_train, s.n_test, s.noise, seed, turns=s.turns)
     torch.manual_seed(seed)
-    model = mlp([2, *s.hidden, 2], s.activation)
+    model = ml.nn.mlp([2, *s.hidden, 2], s.activation)
     opt = make_optimizer(method, model, s, seed)
     start = time.perf_counter()
-    hist = train(
+    hist = ml.nn.train(
         model, opt, train_set, {"test": test_set}, epochs=s.epochs, batch_size=s.batch_size,
         generator=torch.Generator().manual_seed(seed), progress=False,
     )  # fmt: skip

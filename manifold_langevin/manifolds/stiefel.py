@@ -19,8 +19,7 @@ With ``p = min(n, k)`` and ``T`` of shape ``(N, p)``, ``N = max(n, k)``:
   (see [`Stiefel.geodesic`][]).
 * a fused RATTLE step (SHAKE plus velocity projection, products shared, no kick projection needed),
   the A sub-step of the samplers (with ``geodesic=False``) and of the optimizer alike through
-  [`drift`][manifold_langevin.integrators.substeps.drift] (see [`Stiefel.rattle`][]), and the
-  released o-CoLA scripts' SHAKE for comparisons (``Stiefel(paper=True)``).
+  [`drift`][manifold_langevin.integrators.substeps.drift] (see [`Stiefel.rattle`][]).
 
 References:
     A. Edelman, T. A. Arias, S. T. Smith, "The geometry of algorithms with orthogonality
@@ -80,8 +79,6 @@ _RATTLE_ITERS = {  # dtype: (p < 128, p >= 128)
     torch.bfloat16: (6, 3),
 }
 _RATTLE_LARGE_P = 128
-#: iterations of the released o-CoLA scripts' SHAKE (``Stiefel(paper=True)``)
-_PAPER_ITERS = 10
 
 
 def _check_matrix(x: torch.Tensor) -> None:
@@ -251,12 +248,6 @@ class Stiefel(ConstrainedManifold):
         newton: ``True`` (default) for Newton's method on the multipliers; ``False`` for the
             plain contraction ``Lambda <- Lambda - F(Lambda)/2`` (cheaper per iteration, 3-4
             times as many iterations).
-        paper: ``True`` reproduces the released o-CoLA scripts' SHAKE, for comparisons: exactly
-            ``max_iter`` (default 10) iterations of $Y \leftarrow Y - \tfrac12 T
-            (Y^\top Y - I)$ evaluated on the ``N x p`` matrices (two ``N x p x p`` products
-            each), with no tolerance-based exit. The final residual is still checked, so a
-            diverged solve is flagged rather than written. [`rattle`][] then falls back to
-            SHAKE plus [`proju`][].
 
     Examples:
         >>> st = Stiefel()
@@ -282,18 +273,15 @@ class Stiefel(ConstrainedManifold):
         tol: float | None = None,
         max_iter: int | None = None,
         newton: bool = True,
-        paper: bool = False,
     ):
         if max_iter is None:
-            default = _PAPER_ITERS if paper else _DEFAULT_ITERS[torch.float64][not newton]
+            default = _DEFAULT_ITERS[torch.float64][not newton]
         super().__init__(tol=tol, max_iter=default if max_iter is None else max_iter, newton=newton)
-        self.paper = bool(paper)
-        self._auto_iter = max_iter is None and not self.paper
+        self._auto_iter = max_iter is None
 
     def extra_repr(self) -> str:
         budget = "auto" if self._auto_iter else str(self.max_iter)
-        extra = ", paper=True" if self.paper else ""
-        return f"max_iter={budget}, newton={self.newton}{extra}"
+        return f"max_iter={budget}, newton={self.newton}"
 
     def _iters(self, x: torch.Tensor, max_iter: int | None) -> int:
         if max_iter is not None:
@@ -441,8 +429,6 @@ class Stiefel(ConstrainedManifold):
         iters = self._iters(x, max_iter)
         wide = _is_wide(x)
         t, tt = _tall(x, wide), _tall(x_tilde, wide)
-        if self.paper:
-            return self._shake_paper(x, t, tt, iters, wide)
         p = t.shape[-1]
         eye = _eye(p, t)
         a = _sym(t.mT @ t)
@@ -470,20 +456,6 @@ class Stiefel(ConstrainedManifold):
         res = self.residual_norm(x_new)
         converged = torch.isfinite(res) & (res <= self.tolerance(x))
         return _tall(x_new, wide), converged
-
-    def _shake_paper(self, x, t, tt, iters, wide):
-        """The released scripts' iteration ``Y <- Y - T (Y^T Y - I) / 2`` on ``N x p`` matrices."""
-        big, p = t.shape[-2:]
-        t3 = t.reshape(-1, big, p)
-        y = tt.reshape(-1, big, p)
-        for _ in range(iters):
-            g = y.mT @ y
-            g.diagonal(dim1=-2, dim2=-1).sub_(1.0)
-            y = torch.baddbmm(y, t3, g, alpha=-0.5)
-        y = y.reshape(tt.shape)
-        res = self.residual_norm(y)
-        converged = torch.isfinite(res) & (res <= self.tolerance(x))
-        return _tall(y, wide), converged
 
     # ------------------------------------------------------------------ RATTLE
     def rattle(
@@ -576,16 +548,13 @@ class Stiefel(ConstrainedManifold):
                 Its tangent part is the RATTLE velocity; its normal part is
                 $O(\delta |p|^2)$ and harmless to a caller whose next use of it is another
                 RATTLE step (which sees only the tangent part, see above) or a linear map such as
-                the O step: CoLA does this. ``paper=True`` always projects.
+                the O step: CoLA does this.
 
         Returns:
             ``(x_new, p_new, converged)`` as [`shake`][] returns them; ``p_new`` is
             ``scale * P(x_new)((x_new - x) / dt)`` (without ``P`` if ``project=False``).
         """
         _check_matrix(x)
-        if self.paper:  # the released scripts: project, SHAKE, project
-            x_new, ok = self.shake(x, x + dt * self.proju(x, p), max_iter=max_iter)
-            return x_new, scale * self.proju(x_new, (x_new - x) / dt), ok
         iters = self._rattle_iters(x, max_iter)
         wide = _is_wide(x)
         batch = x.shape[:-2]

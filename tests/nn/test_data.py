@@ -1,4 +1,4 @@
-"""``manifold_langevin.data``: the real Fashion-MNIST files, the IDX parser's error messages, the
+"""``manifold_langevin.nn.data``: the real Fashion-MNIST files, the IDX parser's error messages, the
 deterministic digits and spiral sets, and the split/batch helpers."""
 
 from __future__ import annotations

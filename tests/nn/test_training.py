@@ -1,4 +1,5 @@
-"""``manifold_langevin.training`` and the ``train`` subcommand: models, the optimizer factory, the
+"""``manifold_langevin.nn.training`` and the ``train`` subcommand: models, the optimizer factory,
+the
 training loop's records, and the files ``run_train --quick`` writes."""
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""Quick runs of ``validation.invariant_measure``: exact values hit, conditional values missed.
+"""Quick runs of ``manifold_langevin.testing.invariant_measure``: exact values hit, conditional
+values missed.
 
 The thresholds are ``4 stderr + allowance`` with the runner's step-size bias allowance
-``C h^p`` (``validation.invariant_measure.bias_allowance``; ``C = 0.25, p = 2`` for BAOAB, so
-2.5e-3 at the ``h = 0.1`` used here). Justification (measured with 4000 chains, T = 100): BAOAB's
-bias at h = 0.2 is at most 0.0084 over all problems (vMF on S^9; it falls to 0.0015 at h = 0.1,
-second order), i.e. ``|bias| <= 0.21 h^2``; on the problems tested here (vMF S^2, von Mises S^1,
-ellipse, torus) it is at most 0.0069 at h = 0.2, i.e. below 2e-3 at h = 0.1. The quick runs'
+``C h^p`` (``manifold_langevin.testing.invariant_measure.bias_allowance``; ``C = 0.25, p = 2`` for
+BAOAB, so 2.5e-3 at the ``h = 0.1`` used here). Justification (measured with 4000 chains, T = 100):
+BAOAB's bias at h = 0.2 is at most 0.0084 over all problems (vMF on S^9; it falls to 0.0015 at h =
+0.1, second order), i.e. ``|bias| <= 0.21 h^2``; on the problems tested here (vMF S^2, von Mises
+S^1, ellipse, torus) it is at most 0.0069 at h = 0.2, i.e. below 2e-3 at h = 0.1. The quick runs'
 stderrs are 3e-3 to 4e-2, so the allowance is at most comparable to one standard error.
 """
 

@@ -304,7 +304,8 @@ def test_so3_by_haar_importance_sampling():
 # ------------------------------------------------------------------------- harmonic plane
 def test_harmonic_plane_by_null_space_and_conditioning():
     p = PROBLEMS["harmonic_plane"]
-    # the numbers: diag of the restricted covariance is (13, 10, 5)/49
+    # by hand (validation/problems.py's derivations): diag of the restricted covariance is
+    # (13, 10, 5)/49
     assert p.exact["x1_sq"] == pytest.approx(13 / 49, rel=1e-12)
     assert p.exact["x2_sq"] == pytest.approx(10 / 49, rel=1e-12)
     assert p.exact["x3_sq"] == pytest.approx(5 / 49, rel=1e-12)

@@ -1,12 +1,12 @@
 """Quick weak-order checks: coupled step-size pairs resolve the slope of each scheme family.
 
-``validation.weak_order`` measures ``D(h) = E_h[z] - E_{h/2}[z]`` with the coarse and fine chains
-driven by the same Brownian increments, so its standard error shrinks with ``h``. The tests ask for
-the fitted slope within 0.35 of the expected order *and* a 95% interval narrower than +-0.35, so a
-scheme of the wrong order (1 instead of 2, or 2 instead of 1) fails: the test has the power to tell.
-OBABO stands for the underdamped splittings (its error constant is large enough to resolve in
-seconds; BAOAB's and ABOBA's are ten times smaller and are measured in the full study), projected
-Euler-Maruyama for the first-order overdamped scheme.
+``manifold_langevin.testing.weak_order`` measures ``D(h) = E_h[z] - E_{h/2}[z]`` with the coarse and
+fine chains driven by the same Brownian increments, so its standard error shrinks with ``h``. The
+tests ask for the fitted slope within 0.35 of the expected order *and* a 95% interval narrower than
++-0.35, so a scheme of the wrong order (1 instead of 2, or 2 instead of 1) fails: the test has the
+power to tell. OBABO stands for the underdamped splittings (its error constant is large enough to
+resolve in seconds; BAOAB's and ABOBA's are ten times smaller and are measured in the full study),
+projected Euler-Maruyama for the first-order overdamped scheme.
 """
 
 import pytest

@@ -160,8 +160,9 @@ def test_committed_gpu_run_is_complete():
 
 
 def test_bench_circle_trig_quick_run(tmp_path):
-    """``validation/bench_circle_trig.py --quick``: every variant timed; the branch-free
-    replacement of sin/cos it times is float32-accurate (within 2 ulp of 1) up to |theta| = 1e4."""
+    """``validation/bench_circle_trig.py --quick``: every variant timed (``run`` raises unless each
+    compiled loop computed its own sin and cos); the branch-free replacement of sin/cos it times
+    is float32-accurate (within 2 ulp of 1) up to |theta| = 1e4."""
     from validation import bench_circle_trig
 
     assert bench_circle_trig.main(["--quick", "--out", str(tmp_path)]) == 0
@@ -170,3 +171,28 @@ def test_bench_circle_trig_quick_run(tmp_path):
     assert all(ms > 0 for ms in result["median_ms"].values())
     for row in result["accuracy"]:
         assert max(row["cos_error"], row["sin_error"]) <= 2.0**-22, row
+
+
+def test_bench_circle_trig_check_catches_a_loop_without_its_replacement():
+    """The check compares a loop with the eager loop run under the same patch: a loop that kept
+    torch's sin and cos is caught for the inexact polynomial, and passes as ``exact``."""
+    from unittest import mock
+
+    import torch
+
+    from validation import bench_circle_trig as bct
+
+    cos, sin = torch.cos, torch.sin
+
+    def exact_loop(*args):
+        with mock.patch("torch.cos", cos), mock.patch("torch.sin", sin):
+            bct.update(*args)
+
+    with pytest.raises(RuntimeError, match="does not compute its sin and cos"):
+        bct.check_replacement("cheap_poly", exact_loop, 1000)
+    checks = bct.check_replacement("exact", exact_loop, 1000)
+    assert checks["float64"][0] == 0.0
+    # the eager loops themselves: the polynomials' errors on large angles
+    for name, low, high in (("cheap_poly", 0.1, 10.0), ("reduced_poly", 1e-10, 1e-7)):
+        got = bct.check_replacement(name, bct.update, 1000)
+        assert got["float64"][0] == 0.0 and low < got["float64"][1] < high, (name, got)

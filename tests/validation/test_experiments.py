@@ -13,6 +13,7 @@ import json
 import pytest
 import torch
 
+import manifold_langevin as ml
 from manifold_langevin.optim import CoLA
 from validation import exp_e2, exp_orthogonal
 from validation.experiment_data import load_fashion_mnist
@@ -53,13 +54,13 @@ STEP = {("make_cnn", "sgd"): 0.01, ("make_cnn", "ocola"): 0.1, ("make_cnn", "oco
 def _setup(method, model_fn, seed=0):
     model = model_fn(seed)
     if method.init == "orthogonal":
-        exp_e2.constrained_groups(model, "orthogonal")
+        ml.optim.constrained_groups(model, "orthogonal")
     if method.tune:
         middle = method.grid[len(method.grid) // 2]
         hyper = method.with_value(STEP.get((model_fn.__name__, method.key), middle))
     else:
         hyper = dict(method.hyper)
-    return model, exp_e2.make_optimizer(method.kind, model, seed, **hyper)
+    return model, exp_e2.build_optimizer(method.kind, model, seed, **hyper)
 
 
 def _check_constraints(model, opt, kind):
@@ -89,7 +90,7 @@ CASES = (
 def test_few_steps_reduce_training_loss_and_keep_constraints(method, model_fn):
     x, y = _batches()
     model, opt = _setup(method, model_fn)
-    before = exp_e2.evaluate(model, x, y)[0]
+    before = ml.nn.evaluate(model, ml.nn.data.Split(x, y))["loss"]
     g = torch.Generator().manual_seed(0)
     steps = 0
     while steps < 16:
@@ -99,7 +100,7 @@ def test_few_steps_reduce_training_loss_and_keep_constraints(method, model_fn):
             opt.step()
             steps += 1
             _check_constraints(model, opt, method.kind)  # after every step
-    after = exp_e2.evaluate(model, x, y)[0]
+    after = ml.nn.evaluate(model, ml.nn.data.Split(x, y))["loss"]
     if isinstance(opt, CoLA):
         assert opt.n_rejected() == 0
     if model_fn is exp_orthogonal.make_deep and method.init == "default":

@@ -34,3 +34,25 @@ def test_quick_run_writes_table_and_every_method_learns(tmp_path, capsys):
     for label in spiral.METHODS.values():
         assert label in out
     assert doc["meta"]["settings"]["epochs"] == spiral.QUICK.epochs
+
+
+def test_constrained_sgd_runs_at_the_cola_twin_of_the_sgd_settings():
+    """``c-sgd`` takes its step and friction from ``ml.optim.sgd_equivalent`` of the SGD settings:
+    the tuned ``h = 0.3``, ``gamma = 1`` exactly, and SGD's momentum is ``exp(-gamma h)``."""
+    import math
+
+    import torch
+
+    import manifold_langevin as ml
+
+    s = spiral.SETTINGS
+    twin = ml.optim.sgd_equivalent(s.sgd_lr, s.sgd_momentum)
+    assert (twin["lr"], twin["friction"]) == (0.3, 1.0)
+    assert s.sgd_momentum == math.exp(-0.3)
+    torch.manual_seed(0)
+    opt = spiral.make_optimizer("c-sgd", ml.nn.mlp([2, 8, 2]), s, seed=0)
+    assert {(g["lr"], g["friction"], g.get("radius")) for g in opt.param_groups} == {
+        (0.3, 1.0, 2.0),
+        (0.3, 1.0, 0.5),
+        (0.3, 1.0, None),
+    }
