@@ -47,7 +47,18 @@ from ..sampling.samplers import Langevin, OverdampedLangevin
 from .output import DEFAULT_OUT, write_json
 from .workers import map_runs
 
-__all__ = ["EXACT", "KAPPA", "SCHEMES", "Scheme", "check_weak_order", "main", "run", "study"]
+__all__ = [
+    "EXACT",
+    "KAPPA",
+    "ORDER_TOLERANCE",
+    "SCHEMES",
+    "Scheme",
+    "check_weak_order",
+    "main",
+    "order_holds",
+    "run",
+    "study",
+]
 
 KAPPA = 4.0
 
@@ -284,6 +295,26 @@ def _study_line(s: dict) -> str:
     )
 
 
+#: how far the fitted slope may be from the declared order (its neighbours are 1 away)
+ORDER_TOLERANCE = 0.35
+
+
+def order_holds(fit: dict, expected: int) -> bool:
+    """Whether a fitted slope shows the declared order and not a neighbouring one: within
+    [`ORDER_TOLERANCE`][manifold_langevin.testing.weak_order.ORDER_TOLERANCE] of ``expected``,
+    with a 95% interval that excludes ``expected - 1`` and ``expected + 1``.
+
+    The interval itself need not contain ``expected``: the sweep's step sizes are not
+    asymptotically small, and the next term of the error bends the slope by a tenth or two
+    (projected Euler-Maruyama measures 1.14 on this target, with local slopes falling towards 1
+    as ``h`` shrinks), so requiring the exact integer inside a narrow interval would fail a correct
+    scheme, while a scheme of the wrong order misses by about 1."""
+    lo, hi = fit["ci95"]
+    return bool(
+        abs(fit["slope"] - expected) <= ORDER_TOLERANCE and expected - 1 < lo and hi < expected + 1
+    )
+
+
 def check_weak_order(
     build: Callable,
     expected: int,
@@ -308,8 +339,8 @@ def check_weak_order(
 
     Returns:
         The study record: ``fit`` (``slope`` with its 95% interval ``ci95``), the points, the
-        local slopes and a Richardson check with the ``expected`` order; ``consistent`` says
-        whether ``expected`` lies in the interval.
+        local slopes and a Richardson check with the ``expected`` order; ``consistent`` is
+        [`order_holds`][]'s verdict.
 
     Examples:
         >>> import manifold_langevin as ml
@@ -327,8 +358,7 @@ def check_weak_order(
                     factory=lambda h, friction, f: build(h, friction, f))  # fmt: skip
     plan = Sweep(tuple(steps), tuple(chains), float(time), float(burn))
     out = study(scheme, False, seed, device, progress=False, plan=plan)
-    lo, hi = out["fit"]["ci95"]
-    out["consistent"] = bool(lo <= expected <= hi)
+    out["consistent"] = order_holds(out["fit"], expected)
     return out
 
 
@@ -370,8 +400,8 @@ def run(quick=False, schemes=None, device="cpu", seed=0, extras=True, progress=T
     """The whole study; ``extras`` adds the friction sweep and the stochastic-gradient study.
 
     ``schemes=None`` runs every scheme of the registry (quick: ``QUICK_SCHEMES``). Each study
-    gets ``consistent``: its expected order lies in the fitted slope's 95% interval; the result's
-    ``all_consistent`` says whether every study's does. ``jobs`` worker processes run the
+    gets ``consistent``, [`order_holds`][]'s verdict on its fit; the result's ``all_consistent``
+    says whether every study's holds. ``jobs`` worker processes run the
     schemes' studies side by side (the results do not depend on it)."""
     if schemes is None:
         schemes = QUICK_SCHEMES if quick else SCHEMES
@@ -382,8 +412,7 @@ def run(quick=False, schemes=None, device="cpu", seed=0, extras=True, progress=T
     tasks = [(n, quick, seed, device) for n in names]
     studies = []
     for s in map_runs(_study_task, tasks, jobs):
-        lo, hi = s["fit"]["ci95"]
-        s["consistent"] = bool(lo <= s["expected"] <= hi)
+        s["consistent"] = order_holds(s["fit"], s["expected"])
         if progress:
             print(_study_line(s), flush=True)
         studies.append(s)

@@ -48,3 +48,13 @@ def test_fit_recovers_a_known_power_law():
 def test_unknown_scheme_is_rejected():
     with pytest.raises(ValueError, match="unknown scheme"):
         wo.run(quick=True, schemes=["RK4"], extras=False, progress=False)
+
+
+def test_order_verdict_tells_the_declared_order_from_its_neighbours():
+    # a pre-asymptotic first-order fit (projected Euler-Maruyama's, measured) holds for 1 only
+    euler = {"slope": 1.14, "ci95": [1.07, 1.21]}
+    assert wo.order_holds(euler, 1) and not wo.order_holds(euler, 2)
+    # too far from the declared order, or an interval too wide to exclude a neighbour, fails
+    assert not wo.order_holds({"slope": 1.5, "ci95": [1.45, 1.55]}, 2)
+    assert not wo.order_holds({"slope": 2.0, "ci95": [0.9, 3.1]}, 2)
+    assert wo.order_holds({"slope": 2.06, "ci95": [2.00, 2.12]}, 2)
