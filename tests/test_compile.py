@@ -92,7 +92,7 @@ def test_step_compiles_without_graph_breaks(kind):
 def test_wide_orthogonal_step_compiles_without_graph_breaks():
     """A frame with ``p >= 256`` takes the blocked Gram products of ``Stiefel.rattle``; they
     trace too (a product written straight into a block view would be a graph break)."""
-    from manifold_langevin.manifolds.stiefel import _GRAM_BLOCKS
+    from manifold_langevin.manifolds.frames import GRAM_BLOCKS as _GRAM_BLOCKS
 
     k = min(p for p, _ in _GRAM_BLOCKS) + 4
     gen = torch.Generator().manual_seed(0)

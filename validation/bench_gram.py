@@ -1,6 +1,6 @@
 """The blocked Gram product of the fused Stiefel step against one plain product.
 
-:func:`manifold_langevin.manifolds.stiefel._gram` forms ``x^T x`` from the upper triangle of
+``manifold_langevin.manifolds.frames.gram`` forms ``x^T x`` from the upper triangle of
 column blocks (``_GRAM_BLOCKS`` picks the number of blocks by frame width). This script times 1
 (the plain product), 2 and 4 blocks on the same stack, in turn, with and without the exact
 symmetrisation, and prints each median against one block: the numbers behind ``_GRAM_BLOCKS``.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from manifold_langevin.manifolds.stiefel import _gram
+from manifold_langevin.manifolds.frames import gram as _gram
 from validation.bench_optim import environment, timer
 
 SHAPES = [(1024, 1024), (4608, 512), (512, 512), (256, 256), (512, 128), (128, 128)]

@@ -33,14 +33,24 @@ from __future__ import annotations
 import torch
 
 from .base import ConstrainedManifold, as_time
+from .frames import (
+    gram,
+    gram_minus_eye,
+    identity,
+    lyapunov_exact,
+    lyapunov_neumann,
+    polish,
+    scratch_buffer,
+    skew,
+    sym,
+    transposed,
+)
 
 __all__ = ["Stiefel"]
 
 # Up to this p the Newton equation K^T D + D K = R is solved exactly (a p^2 x p^2 linear system
 # per matrix, negligible next to the N x p products); above it, by a truncated Neumann series.
 _EXACT_MAX_P = 8
-# Neumann terms of that series (the measured optimum in iterations x matmuls is flat in 1..4).
-_NEUMANN_TERMS = 2
 # SHAKE budgets by dtype: (Newton, plain contraction). Measured on 1000 random tangent steps per
 # case with spectral norm s = |X~ - M|_2 (shapes 3x1, 6x3, 10x3, 8x8, 20x8, 64x16, worst case):
 #   exact Newton (p <= 8):  float64 to 1e-12 in <= 3 iterations at s = 0.3, <= 5 at s = 0.9;
@@ -94,131 +104,6 @@ def _is_wide(x: torch.Tensor) -> bool:
 
 def _tall(x: torch.Tensor, wide: bool) -> torch.Tensor:
     return x.mT if wide else x
-
-
-def _transposed(a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``a.mT`` as a contiguous tensor, fast on CPU.
-
-    An elementwise op that reads a large matrix transposed (``a + a.mT``) walks memory with a
-    stride of a whole row; on CPU that costs about 70 times a contiguous add for 1024 x 1024
-    (8 ms against 0.1 ms), while the blocked 2-D transpose behind ``Tensor.copy_`` costs 0.5 ms.
-    So large matrices are transposed one 2-D copy at a time.
-    """
-    n, k = a.shape[-2:]
-    if out is None:
-        out = a.new_empty((*a.shape[:-2], k, n))
-    if a.device.type != "cpu" or n * k < 4096:
-        return out.copy_(a.mT)
-    for dst, src in zip(out.reshape(-1, k, n), a.reshape(-1, n, k)):
-        dst.copy_(src.mT)
-    return out
-
-
-def _scratch_buffer(scratch: dict | None, name: str, shape, like: torch.Tensor) -> torch.Tensor:
-    """An uninitialised buffer, kept in ``scratch`` (keyed by name, shape, dtype, device)."""
-    if scratch is None:
-        return like.new_empty(shape)
-    key = (name, tuple(shape), like.dtype, like.device)
-    out = scratch.get(key)
-    if out is None:
-        out = scratch[key] = like.new_empty(shape)
-    return out
-
-
-#: ``(smallest p, blocks)``: a Gram matrix ``x^T x`` of a frame this wide is formed from the
-#: upper triangle of ``blocks x blocks`` column blocks (the lower blocks are transposed copies):
-#: ``b (b + 1) / 2`` block products, 10/16 of the flops for 4 blocks. Measured by
-#: ``python -m validation.bench_gram`` (validation/results/bench_gram.json; CPU, float32, one
-#: thread), against one product: 4 blocks 0.72-0.74x at 1024 x 1024 and 4608 x 512, 0.78-0.80x
-#: at 512 x 512; 2 blocks 0.90-0.93x at 256 x 256; slower below p = 256 (1.2-1.4x at 128 x 128).
-#: CPU only: on a GPU the blocks' extra kernel launches (about 10 us of host time each) cost more
-#: than the flops they save (one 1024 x 1024 float32 product takes 89 us on an H200).
-_GRAM_BLOCKS = ((512, 4), (256, 2))
-
-
-def _gram(
-    x: torch.Tensor, out: torch.Tensor, tmp: torch.Tensor | None = None, blocks: int | None = None
-) -> torch.Tensor:
-    """``x^T x`` for ``(B, N, p)`` stacks, into ``out`` (``(B, p, p)``), using its symmetry.
-
-    With ``tmp`` (a ``(B, p, p)`` buffer) the result is exactly symmetric (blocked GEMMs need not
-    round an entry and its mirror image alike); without it only up to rounding. Writes into
-    buffers, so it is not differentiable: the fused RATTLE step runs without autograd, while
-    `_gram_minus_eye` and [`Stiefel.residual_norm`][] stay differentiable. ``blocks``
-    overrides `_GRAM_BLOCKS` (for ``validation/bench_gram.py``); off the CPU the default
-    is one block."""
-    p = x.shape[-1]
-    if blocks is None:
-        on_cpu = x.device.type == "cpu"
-        blocks = next((b for p_min, b in _GRAM_BLOCKS if on_cpu and p >= p_min), 1)
-    if blocks == 1:
-        torch.bmm(x.mT, x, out=out)
-        if tmp is not None:
-            out.add_(_transposed(out, out=tmp)).mul_(0.5)
-        return out
-    cuts = [p * i // blocks for i in range(blocks + 1)]
-    for i in range(blocks):
-        rows = slice(cuts[i], cuts[i + 1])
-        xi = x[..., rows]
-        for j in range(i, blocks):
-            cols = slice(cuts[j], cuts[j + 1])
-            # (a product into the block view itself would be a graph break under dynamo)
-            blk = out[..., rows, cols]
-            blk.copy_(torch.bmm(xi.mT, x[..., cols]))
-            if j > i:
-                out[..., cols, rows].copy_(blk.mT)
-            elif tmp is not None:
-                blk.add_(blk.mT.clone()).mul_(0.5)
-    return out
-
-
-def _sym(a: torch.Tensor) -> torch.Tensor:
-    return (a + _transposed(a)).mul_(0.5)
-
-
-def _skew(a: torch.Tensor) -> torch.Tensor:
-    return (a - _transposed(a)).mul_(0.5)
-
-
-def _eye(p: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.eye(p, dtype=like.dtype, device=like.device)
-
-
-def _gram_minus_eye(t: torch.Tensor) -> torch.Tensor:
-    """``sym(T^T T) - I``: symmetrised because blocked GEMMs need not round both halves alike."""
-    return _sym(t.mT @ t) - _eye(t.shape[-1], t)
-
-
-def _polish(t: torch.Tensor) -> torch.Tensor:
-    """One Newton-Schulz polar step ``T (3I - T^T T) / 2``: residual ``e -> O(e^2)``."""
-    return t - 0.5 * (t @ _gram_minus_eye(t))
-
-
-def _lyapunov_exact(k: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Solve ``K^T D + D K = R`` exactly by vectorisation (``p^2 x p^2`` system, small ``p``)."""
-    p = k.shape[-1]
-    kt = k.mT
-    eye = _eye(p, k)
-    # row-major vec: vec(K^T D) = (K^T kron I) vec(D), vec(D K) = (I kron K^T) vec(D)
-    op = torch.einsum("...ac,bd->...abcd", kt, eye) + torch.einsum("ac,...bd->...abcd", eye, kt)
-    op = op.reshape(*op.shape[:-4], p * p, p * p)
-    rhs = r.reshape(*r.shape[:-2], p * p, 1)
-    # LU has no half-precision kernels: solve in at least float32
-    work = torch.promote_types(op.dtype, torch.float32)
-    # solve_ex: no host sync; a singular system (a failing matrix) gives non-finite values there
-    d = torch.linalg.solve_ex(op.to(work), rhs.to(work))[0].to(r.dtype)
-    return _sym(d.reshape(r.shape))
-
-
-def _lyapunov_neumann(e: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """``K^T D + D K = R`` with ``K = I + E``: truncated Neumann series of ``(2I + 2E~)^{-1} R``."""
-    step = 0.5 * r
-    term = step
-    for _ in range(_NEUMANN_TERMS):
-        w = e.mT @ term
-        term = -0.5 * (w + w.mT)
-        step = step + term
-    return step
 
 
 class Stiefel(ConstrainedManifold):
@@ -312,7 +197,7 @@ class Stiefel(ConstrainedManifold):
             Shape ``(..., p*p)``, ``p = min(n, k)``.
         """
         t = _tall(x, _is_wide(x))
-        return (t.mT @ t - _eye(t.shape[-1], t)).flatten(-2)
+        return (t.mT @ t - identity(t.shape[-1], t)).flatten(-2)
 
     def jacobian(self, x: torch.Tensor) -> torch.Tensor:
         """Dense ``Dg(x)``, shape ``(..., p*p, n*k)``, built from [`jvp`][] (small problems)."""
@@ -367,12 +252,12 @@ class Stiefel(ConstrainedManifold):
         """
         wide = _is_wide(x)
         t, ut = _tall(x, wide), _tall(u, wide)
-        return _tall(ut - t @ _sym(t.mT @ ut), wide)
+        return _tall(ut - t @ sym(t.mT @ ut), wide)
 
     def residual_norm(self, x: torch.Tensor) -> torch.Tensor:
         r"""Per-matrix violation $\max_{ij} |(T^\top T - I)_{ij}|$, shape ``(...)``."""
         t = _tall(x, _is_wide(x))
-        return (t.mT @ t - _eye(t.shape[-1], t)).abs().amax(dim=(-2, -1))
+        return (t.mT @ t - identity(t.shape[-1], t)).abs().amax(dim=(-2, -1))
 
     def _inner_size(self, x: torch.Tensor) -> int:
         # each entry of T^T T is a sum over the N rows of the tall form
@@ -430,10 +315,10 @@ class Stiefel(ConstrainedManifold):
         wide = _is_wide(x)
         t, tt = _tall(x, wide), _tall(x_tilde, wide)
         p = t.shape[-1]
-        eye = _eye(p, t)
-        a = _sym(t.mT @ t)
+        eye = identity(p, t)
+        a = sym(t.mT @ t)
         b = t.mT @ tt
-        c = _gram_minus_eye(tt)
+        c = gram_minus_eye(tt)
         bt = b.mT
         lam = None
         for _ in range(iters):
@@ -448,9 +333,9 @@ class Stiefel(ConstrainedManifold):
             if not self.newton:
                 step = -0.5 * f
             elif p <= _EXACT_MAX_P:
-                step = _lyapunov_exact(e + eye, -f)
+                step = lyapunov_exact(e + eye, -f)
             else:
-                step = _lyapunov_neumann(e, -f)
+                step = lyapunov_neumann(e, -f)
             lam = step if lam is None else lam + step
         x_new = tt + t @ lam
         res = self.residual_norm(x_new)
@@ -530,9 +415,9 @@ class Stiefel(ConstrainedManifold):
         iteration add one ``p x p x p`` product: 8 products for a square ``1024 x 1024`` float32
         matrix, 7 without the projection (SHAKE followed by [`proju`][] takes 23 with Newton
         and 25 with the released scripts' iteration). The two Gram matrices ``C`` and the
-        residual are formed from their upper column blocks (`_gram`: 10/16 of a product's
+        residual are formed from their upper column blocks (`gram`: 10/16 of a product's
         flops from ``p = 512`` on, 3/4 from ``p = 256``). Large transposes go through
-        `_transposed`.
+        `transposed`.
 
         Args:
             x: points, shape ``(..., n, k)``, on the manifold to tolerance.
@@ -565,34 +450,34 @@ class Stiefel(ConstrainedManifold):
         exact = self.newton and k <= _EXACT_MAX_P
 
         def buf(name):
-            return _scratch_buffer(scratch, name, (t.shape[0], k, k), t)
+            return scratch_buffer(scratch, name, (t.shape[0], k, k), t)
 
         # T~ = T + dt U: it becomes x' in place below (the one N x p buffer returned)
         x_new = torch.add(t, u, alpha=dt)
         b = torch.bmm(t.mT, x_new, out=buf("b"))  # B = T^T T~
         tmp = buf("tmp")
-        c = _gram(x_new, buf("c"), tmp)  # C = T~^T T~ - I, exactly symmetric
+        c = gram(x_new, buf("c"), tmp)  # C = T~^T T~ - I, exactly symmetric
         c.diagonal(dim1=-2, dim2=-1).sub_(1.0)
-        bt = _transposed(b, out=buf("bt"))
+        bt = transposed(b, out=buf("bt"))
         # Lambda_0 = -C/2 + sym(Sd (Sd/2 + W)) with Sd = sym(B) - I, W = skew(B)
         sd = torch.add(b, bt, out=tmp).mul_(0.5)
         sd.diagonal(dim1=-2, dim2=-1).sub_(1.0)
         h = torch.add(b, bt, alpha=-1 / 3, out=buf("h")).mul_(0.75)  # (3B - B^T)/4
         h.diagonal(dim1=-2, dim2=-1).sub_(0.5)  # Sd/2 + W
         g = torch.bmm(sd, h, out=buf("g"))
-        lam = torch.add(g, _transposed(g, out=tmp), out=buf("lam")).mul_(0.5)
+        lam = torch.add(g, transposed(g, out=tmp), out=buf("lam")).mul_(0.5)
         lam.sub_(c, alpha=0.5)
         for _ in range(iters):
             torch.add(bt, lam, alpha=0.5, out=h)
             torch.baddbmm(c, h, lam, beta=0.5, out=g)
-            f = g.add_(_transposed(g, out=tmp))  # F = G + G^T + C, G = (B^T + Lambda/2) Lambda
+            f = g.add_(transposed(g, out=tmp))  # F = G + G^T + C, G = (B^T + Lambda/2) Lambda
             if exact:  # Newton: K^T D + D K = -F with K = B + A Lambda (A taken as I)
-                lam.add_(_lyapunov_exact(b + lam, -f))
+                lam.add_(lyapunov_exact(b + lam, -f))
             else:
                 lam.sub_(f, alpha=0.5)
         x_new.baddbmm_(t, lam)  # x' = T~ + T Lambda
         d = x_new - t
-        r = _gram(x_new, h)
+        r = gram(x_new, h)
         if not project:
             v = d.mul_(scale / dt)
         else:
@@ -601,7 +486,7 @@ class Stiefel(ConstrainedManifold):
                 m = torch.sub(r, bt, out=g).sub_(lam)
             else:
                 m = torch.bmm(x_new.mT, d, out=g)
-            m.add_(_transposed(m, out=tmp))
+            m.add_(transposed(m, out=tmp))
             v = d.baddbmm_(x_new, m, beta=scale / dt, alpha=-0.5 * scale / dt)
         r.diagonal(dim1=-2, dim2=-1).sub_(1.0)
         res = r.abs_().amax(dim=(-2, -1))
@@ -653,17 +538,17 @@ class Stiefel(ConstrainedManifold):
         time = as_time(t, m)
         if isinstance(time, torch.Tensor):
             time = time.reshape((*time.shape, 1, 1))
-        a = _skew(m.mT @ vt)
-        s = _sym(vt.mT @ vt)
-        eye = _eye(p, m).expand_as(a)
+        a = skew(m.mT @ vt)
+        s = sym(vt.mT @ vt)
+        eye = identity(p, m).expand_as(a)
         block = torch.cat([torch.cat([a, -s], dim=-1), torch.cat([eye, a], dim=-1)], dim=-2)
         e = torch.linalg.matrix_exp(time * block)
         r = torch.linalg.matrix_exp(-time * a)
         mv = torch.cat([m, vt], dim=-1)
         x_t = mv @ (e[..., :, :p] @ r)
         v_t = mv @ (e[..., :, p:] @ r)
-        x_t = _polish(x_t)
-        v_t = v_t - x_t @ _sym(x_t.mT @ v_t)
+        x_t = polish(x_t)
+        v_t = v_t - x_t @ sym(x_t.mT @ v_t)
         # the exact flow conserves |V|; matrix_exp's truncation error does not (a systematic
         # gain of about 2 ulps per step, 0.2% after 10^4 float32 steps), so restore it
         speed0 = torch.linalg.matrix_norm(vt, keepdim=True)
@@ -706,5 +591,5 @@ class Stiefel(ConstrainedManifold):
         q, r = torch.linalg.qr(z)
         d = torch.diagonal(r, dim1=-2, dim2=-1)
         q = q * torch.where(d < 0, -1.0, 1.0).to(q.dtype).unsqueeze(-2)
-        q = _polish(q)
+        q = polish(q)
         return q.mT.contiguous() if wide else q

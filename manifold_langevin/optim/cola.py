@@ -214,11 +214,11 @@ class CoLA(Optimizer):
         fuse: at zero temperature, evaluate ``A O A`` as one A step (see above).
         first_kick: ``"half"`` (BAOAB from rest) or ``"full"`` (SGD's first step).
         on_nonfinite: NaN/Inf gradients: ``"raise"``
-        [`NonFiniteError`][manifold_langevin.NonFiniteError]
-            naming the parameter, ``"skip"`` the whole step (counted in ``n_skipped``); both
-            leave parameters, state and generators exactly as they were and cost one host sync per
-            step. ``"mask"`` has no sync: non-finite updates are rejected entry by entry (matrix by
-            matrix) as failures are (the noise is drawn as usual).
+            [`NonFiniteError`][manifold_langevin.NonFiniteError] naming the parameter, ``"skip"``
+            the whole step (counted in ``n_skipped``); both leave parameters, state and generators
+            exactly as they were and cost one host sync per step. ``"mask"`` has no sync: non-finite
+            updates are rejected entry by entry (matrix by matrix) as failures are (the noise is
+            drawn as usual).
         on_failure: ``"reject"`` (default, no sync), ``"raise"`` (one sync per step) or
             ``"subdivide"`` (retry with more sub-steps, then reject; one sync per step, a few more
             in steps with a failure).

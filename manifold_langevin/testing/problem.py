@@ -11,7 +11,20 @@ import numpy as np
 import torch
 from scipy.integrate import quad
 
-__all__ = ["QUAD", "LazyValues", "Marginal", "Problem", "expectation", "normalised_density"]
+from ..manifolds.implicit import ImplicitManifold
+
+__all__ = [
+    "QUAD",
+    "LazyValues",
+    "Marginal",
+    "Problem",
+    "constant_like",
+    "expectation",
+    "implicit",
+    "normalised_density",
+    "randn_points",
+    "uniform_numbers",
+]
 
 Tensor = torch.Tensor
 Observable = Callable[[Tensor], Tensor]
@@ -110,3 +123,23 @@ def normalised_density(weight, a: float, b: float) -> Callable[[np.ndarray], np.
         return np.vectorize(weight, otypes=[float])(t) / norm()
 
     return density
+
+
+# ------------------------------------------------------------------ helpers of the catalogues
+def randn_points(n, shape, dtype, device, generator) -> Tensor:
+    return torch.randn(n, *shape, dtype=dtype, device=device, generator=generator)
+
+
+def uniform_numbers(n, dtype, device, generator) -> Tensor:
+    return torch.rand(n, dtype=dtype, device=device, generator=generator)
+
+
+def constant_like(values, like: Tensor) -> Tensor:
+    return torch.as_tensor(values, dtype=like.dtype, device=like.device)
+
+
+def implicit(g):
+    def make():
+        return ImplicitManifold(g)
+
+    return make

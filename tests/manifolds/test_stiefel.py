@@ -667,7 +667,7 @@ def test_rattle_budgets_match_their_measurements():
 def test_blocked_gram_matrix_is_the_product(p):
     """``_gram`` (the fused step's ``x^T x`` from the upper column blocks when ``p >= 256``)
     equals the plain product to rounding; with ``tmp`` it is exactly symmetric."""
-    from manifold_langevin.manifolds.stiefel import _gram
+    from manifold_langevin.manifolds.frames import gram as _gram
 
     x = torch.randn(2, p + 7, p, dtype=torch.float64, generator=_gen(0))
     ref = torch.bmm(x.mT, x)
