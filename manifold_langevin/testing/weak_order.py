@@ -301,7 +301,7 @@ ORDER_TOLERANCE = 0.35
 
 def order_holds(fit: dict, expected: int) -> bool:
     """Whether a fitted slope shows the declared order and not a neighbouring one: within
-    [`ORDER_TOLERANCE`][manifold_langevin.testing.weak_order.ORDER_TOLERANCE] of ``expected``,
+    ``ORDER_TOLERANCE`` (0.35) of ``expected``,
     with a 95% interval that excludes ``expected - 1`` and ``expected + 1``.
 
     The interval itself need not contain ``expected``: the sweep's step sizes are not
