@@ -520,8 +520,8 @@ class Stiefel(ConstrainedManifold):
         drifting over long runs.
 
         Cost: two matrix exponentials (``2p x 2p`` and ``p x p``) and about ten ``N x p x p``
-        products; in all about 75 matmuls' time for a square 1024 x 1024 float32 matrix on CPU
-        (SHAKE: about 24). Note that ``torch.linalg.matrix_exp`` copies its norms to the host
+        products, several times a RATTLE step's cost (measured on the performance page). Note
+        that ``torch.linalg.matrix_exp`` copies its norms to the host
         on CUDA to choose a Taylor degree: one synchronisation per call, inside torch.
 
         Args:

@@ -202,11 +202,10 @@ class CoLA(Optimizer):
             of the matrix view on a sphere of ``radius``), a manifold object, or ``None``.
             ``geoopt.ManifoldParameter``s always use their own manifold.
         radius: circle radius ``r`` (required for ``"circle"``) or sphere radius (default 1).
-        geodesic: ``None`` chooses per manifold: circles and spheres rotate exactly, Stiefel uses
-            RATTLE (measured on CPU in float32, a fused RATTLE step costs about 7
-            matmul-equivalents at 1024x1024, the closed-form geodesic, a ``2k x 2k`` matrix
-            exponential, 40 to 190 for shapes from 128x32 to 1024x1024), other manifolds their
-            geodesic if they have one.
+        geodesic: ``None`` chooses per manifold (its ``cheap_geodesic``): circles and spheres
+            rotate exactly, Stiefel takes RATTLE (a fused step of a few matrix products, against
+            the geodesic's two matrix exponentials; the documentation's performance page has
+            the measured costs), other manifolds their geodesic if they have one.
             ``True`` / ``False`` forces the choice. The geodesic fails only for steps so large
             that rounding takes its result off the manifold; RATTLE can fail sooner (see
             failures below).
@@ -231,11 +230,11 @@ class CoLA(Optimizer):
         generator: a ``torch.Generator`` to use for the parameters on its device (instead of
             ``seed``).
         compile: run each circle-constrained tensor's update as one loop compiled by
-            ``torch.compile`` (inductor) instead of some 20 eager elementwise passes: 3 to 5
-            times faster on CPU, at the price of a compilation of 10 to 20 seconds at the first
-            step (inductor caches it on disk). If compilation fails the optimizer warns and
-            stays eager; with ``on_failure="raise"`` (deferred writes) the eager update is used.
-            With noise the normals are drawn per tensor instead of per chunk, so the noise
+            ``torch.compile`` (inductor) instead of some 20 eager elementwise passes, at the
+            price of a compilation at the first step (inductor caches it on disk; the speed-up
+            and the compile time are on the performance page). If compilation fails the optimizer
+            warns and stays eager; with ``on_failure="raise"`` (deferred writes) the eager update is
+            used. With noise the normals are drawn per tensor instead of per chunk, so the noise
             stream differs from the eager one. Other constraints are not affected (their cost is
             in matrix products).
 
