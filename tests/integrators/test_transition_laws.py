@@ -7,7 +7,8 @@ sampler to test), at several step sizes, at temperatures other than 1 and on rad
 
 * Ornstein-Uhlenbeck on an affine plane in R^3 (``ImplicitManifold`` with a linear ``g``,
   harmonic potential): mean and covariance of ``(x(t), p(t))`` from a fixed point with Maxwell
-  momenta, underdamped and overdamped, from the closed form (``tests/laws.py``);
+  momenta, underdamped and overdamped, from the closed form (``tests/laws.py``), and the
+  overdamped schemes' one-step laws, exact;
 * the momentum autocorrelation at zero force, ``E[p(t) . p(0)] = e^{-gamma t} E|p(0)|^2``, exact
   at every step size for each scheme's O steps (a friction, an O step length or a start
   temperature that is off shows at once), and the momentum redrawn after a rejected step;
@@ -188,7 +189,7 @@ def test_underdamped_ou_on_a_plane_at_finite_time(name, h):
     """Mean and covariance of (x, p) at t = 1 from a fixed point with Maxwell momenta:
     |estimate - exact| <= 4 se + C h^2 for each of the 4 means and 10 covariances. A step that
     is not the time it claims, a friction or a start temperature that is off moves them by far
-    more (OBABO with its O steps at h instead of h/2: 4 to 10 thresholds)."""
+    more (OBABO with its O steps at h instead of h/2: 4 to 6 thresholds with these chains)."""
     sampler = ml.Langevin(
         _plane(),
         force=_plane_force(),
@@ -224,6 +225,27 @@ def test_overdamped_ou_on_a_plane_at_finite_time(scheme, dt):
     _check_moments(
         _to_plane(state.x), mean, cov, C_OVERDAMPED_PLANE[scheme] * dt, f"{scheme} dt={dt}"
     )
+
+
+@pytest.mark.parametrize("scheme", ["euler", "lm"])
+def test_one_step_law_of_the_overdamped_schemes(scheme):
+    """One step from a fixed point on the plane has the law the docstring writes down, exactly:
+    x_1 = x_0 + dt P F(x_0) + noise, the noise N(0, 2 dt tau P) for projected Euler-Maruyama and
+    sqrt(dt tau / 2) P (R_0 + R_1), i.e. N(0, dt tau P), for the BAOAB limit (whose start momentum
+    carries the first half kick). Mean and covariance in plane coordinates, 4 se, no allowance;
+    dt = 0.2, where a first kick of the wrong length (h instead of h/2) moves the mean by 12 to
+    26 se."""
+    dt = 0.2
+    sampler = ml.OverdampedLangevin(
+        _plane(), force=_plane_force(), step_size=dt, temperature=TAU_PLANE, scheme=scheme
+    )
+    g = torch.Generator().manual_seed(20)
+    state = sampler.init(_plane_start(20_000), generator=g)
+    state, ok, _ = sampler.step(state, g)
+    assert bool(ok.all())
+    mean = Y0 - dt * K_PLANE @ (Y0 - Y_C)
+    cov = (2.0 if scheme == "euler" else 1.0) * dt * TAU_PLANE * np.eye(2)
+    _check_moments(_to_plane(state.x), mean, cov, 0.0, f"{scheme} one step")
 
 
 # ---------------------------------------------------------------------------- momenta
