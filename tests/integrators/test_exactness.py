@@ -38,7 +38,9 @@ def _run(scheme, h, n_chains=1000, n_steps=1200, seed=0, tau=1.0):
     )
 
 
-@pytest.mark.parametrize(("h", "tau"), [(0.3, 1.0), (0.6, 1.0), (0.6, 0.3)])
+@pytest.mark.parametrize(
+    ("h", "tau"), [(0.3, 1.0), (0.6, 1.0), pytest.param(0.6, 0.3, marks=pytest.mark.slow)]
+)
 def test_baoab_has_no_configurational_bias(h, tau):
     out = _run("BAOAB", h, tau=tau)
     z = (out.means["x2"] - tau * EXACT) / out.stderrs["x2"]
