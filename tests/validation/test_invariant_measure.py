@@ -15,12 +15,8 @@ import json
 
 import pytest
 
-ml = pytest.importorskip("manifold_langevin", reason="manifold_langevin does not import yet")
-if not hasattr(ml, "Langevin"):  # pragma: no cover - only while the core is being written
-    pytest.skip("manifold_langevin has no Langevin yet", allow_module_level=True)
-
-from validation import invariant_measure as im  # noqa: E402
-from validation.problems import PROBLEMS  # noqa: E402
+from validation import invariant_measure as im
+from validation.problems import PROBLEMS
 
 
 def _check(rec):
