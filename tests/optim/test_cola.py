@@ -225,6 +225,67 @@ def test_ud_step_is_the_composition_of_substeps(kind):
         torch.testing.assert_close(got_p, p, rtol=0, atol=atol / (h / 2) if rattle else atol)
 
 
+# ---------------------------------------------------------------------------- noise magnitude
+def _noise_ratio(increment, variance, dim):
+    """``|increment|^2 / (variance * dim)`` for an increment whose ``dim`` tangent coordinates
+    should be independent ``N(0, variance)``: then ``dim`` times the ratio is chi-square with
+    ``dim`` degrees of freedom, mean 1 and standard deviation ``sqrt(2 / dim)``."""
+    return float(increment.double().square().sum()) / (variance * dim)
+
+
+def _noise_start(kind, gen):
+    """``(CoLA options, start point, tangent dimension)``, some 20,000 tangent coordinates."""
+    if kind == "free":
+        return (
+            {"constraint": None},
+            torch.randn(100, 200, generator=gen, dtype=torch.float64),
+            20_000,
+        )
+    if kind == "circle":
+        w = torch.rand(100, 200, generator=gen, dtype=torch.float64) * 1.8 - 0.9
+        return {"constraint": "circle", "radius": 1.0}, w, 20_000  # one angle per weight
+    if kind == "sphere":
+        z = torch.randn(2000, 11, generator=gen, dtype=torch.float64)
+        return {"constraint": "sphere"}, z / z.norm(dim=-1, keepdim=True), 2000 * 10
+    q = torch.linalg.qr(torch.randn(200, 100, generator=gen, dtype=torch.float64))[0]
+    q = q if kind == "orthogonal_tall" else q.mT
+    return {"constraint": "orthogonal"}, q, 200 * 100 - 100 * 101 // 2
+
+
+@pytest.mark.parametrize("scheme", ["ud", "od"])
+@pytest.mark.parametrize("kind", ["free", "circle", "sphere", "orthogonal_tall", "orthogonal_wide"])
+def test_noise_of_one_step_has_the_stated_variance(kind, scheme):
+    """With no force, a first step from rest moves a parameter by its noise alone: ``(h/2) c2 P R``
+    for ``"ud"`` (the O step between the two half drifts, ``c2^2 = tau (1 - exp(-2 gamma h))``)
+    and ``sqrt(2 h tau) P R`` for ``"od"``, ``R`` standard normal, ``P`` the tangent projection.
+
+    The sum of squares of the increment over its ``dim`` tangent coordinates is then
+    ``variance * chi2(dim)``; with ``dim`` about 20,000 its ratio to the mean is 1 within
+    ``5 sqrt(2 / dim)`` (0.05 to 0.058; a false alarm has probability 6e-7) whatever the seed. A
+    step on a curved set differs from the tangent one at second order, relatively by the step's
+    angle squared: below 1e-4 at ``tau = 1e-4`` (``"od"``: 4.5e-3 per coordinate on radius 1).
+    A wrong coefficient (``sqrt(2)`` too large, ``1 - c1`` for ``1 - c1^2``, ``h`` for ``h/2``),
+    noise left out or unprojected, or another group's temperature moves the ratio by 0.3 or more.
+    """
+    h, gamma, tau = 0.1, 1.0, 1e-4
+    options, w0, dim = _noise_start(kind, torch.Generator().manual_seed(0))
+    w = torch.nn.Parameter(w0.clone())
+    opt = CoLA([w], lr=h, friction=gamma, temperature=tau, scheme=scheme, seed=1, **options)
+    w.grad = torch.zeros_like(w)
+    opt.step()
+    increment = w.detach() - w0
+    if kind == "circle":  # the weight and its auxiliary variable move along the circle together
+        xi0 = torch.sqrt(1.0 - w0**2)
+        increment = torch.stack([increment, opt.state[w]["xi"] - xi0])
+    if scheme == "ud":
+        variance = (h / 2) ** 2 * tau * (1.0 - math.exp(-2.0 * gamma * h))
+    else:
+        variance = 2.0 * h * tau
+    ratio = _noise_ratio(increment, variance, dim)
+    assert abs(ratio - 1.0) <= 5 * math.sqrt(2.0 / dim), (ratio, dim)
+    assert opt.n_rejected() == 0
+
+
 @pytest.mark.parametrize("constraint", ["circle", "orthogonal", None])
 def test_fused_drift_matches_unfused_at_zero_temperature(constraint):
     model = mlp(dtype=torch.float64)
@@ -391,7 +452,7 @@ def test_params_without_grad_are_left_alone():
 # ---------------------------------------------------------------------------- groups, schemes
 def test_per_group_temperature_and_scheme():
     torch.manual_seed(0)
-    hot = torch.nn.Parameter(orthogonal_init_(torch.randn(6, 3)))
+    hot = torch.nn.Parameter(orthogonal_init_(torch.randn(60, 30)))
     cold = torch.nn.Parameter(orthogonal_init_(torch.randn(6, 3)))
     od = torch.nn.Parameter(torch.randn(5))
     opt = CoLA(
@@ -402,15 +463,24 @@ def test_per_group_temperature_and_scheme():
         ],
         lr=0.1,
         constraint="orthogonal",
-        seed=0,
+        # not 0: the first normals would then be the Gaussian matrix ``hot`` was made from,
+        # whose tangent part at its own orthonormal factor is small (the ratio below is 0.16)
+        seed=1,
     )
     hot0, cold0, od0 = hot.detach().clone(), cold.detach().clone(), od.detach().clone()
-    for _ in range(10):
+    for n in range(10):
         for p in (hot, cold):
             p.grad = torch.zeros_like(p)  # no force: only the noise moves a parameter
         od.grad = torch.ones_like(od)
         opt.step()
-    assert not torch.allclose(hot, hot0, atol=1e-3)
+        if n == 0:
+            # the hot group's first step from rest is its noise (h/2) c2 P R at its own
+            # temperature 0.1 (friction 1, h 0.1), over 60 * 30 - 30 * 31 / 2 = 1335 tangent
+            # coordinates: the ratio is 1 within 5 sqrt(2 / 1335) = 0.19 (see the noise test
+            # above); the default temperature 0 gives 0, a sqrt(2) error 2
+            variance = 0.05**2 * 0.1 * (1.0 - math.exp(-0.2))
+            ratio = _noise_ratio(hot.detach() - hot0, variance, 1335)
+            assert abs(ratio - 1.0) <= 5 * math.sqrt(2.0 / 1335), ratio
     assert torch.allclose(cold, cold0, rtol=0, atol=1e-6)  # SHAKE only removes round-off
     assert torch.allclose(od.detach(), od0 - 10 * 0.1, atol=1e-6)  # plain gradient descent
     assert "momentum_buffer" not in opt.state[od]
@@ -471,12 +541,36 @@ def test_geoopt_manifold_parameters_use_their_manifold():
     sp = geoopt.ManifoldParameter(ml.Sphere().random(4, 5), manifold=geoopt.Sphere())
     eu = geoopt.ManifoldParameter(torch.randn(3), manifold=geoopt.Euclidean())
     opt = CoLA([st, sp, eu], lr=0.1, temperature=0.1, seed=0)
+    # the same tensors as plain parameters with the named constraints (and none for the
+    # Euclidean one), in the same order, so the noise stream is the same: every update must be
+    # bit for bit the one of its named twin
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in (st, sp, eu)]
+    twin_opt = CoLA(
+        [
+            {"params": [twins[0]], "constraint": "orthogonal"},
+            {"params": [twins[1]], "constraint": "sphere"},
+            {"params": [twins[2]]},
+        ],
+        lr=0.1,
+        temperature=0.1,
+        seed=0,
+    )
+    start = [p.detach().clone() for p in (st, sp, eu)]
+    g = torch.Generator().manual_seed(1)
     for _ in range(30):
-        for p in (st, sp, eu):
-            p.grad = torch.randn_like(p)
+        for p, q in zip((st, sp, eu), twins):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
         opt.step()
-    assert ortho_residual(st) <= 1e-5
-    assert torch.allclose(sp.detach().norm(dim=-1), torch.ones(4), atol=1e-5)
+        twin_opt.step()
+    for p, q, p0 in zip((st, sp, eu), twins, start):
+        assert torch.equal(p.detach(), q.detach())
+        assert (p.detach() - p0).abs().max() > 0.1  # 30 steps of unit gradients moved it
+    assert torch.equal(
+        opt.state[eu]["momentum_buffer"], twin_opt.state[twins[2]]["momentum_buffer"]
+    )
+    assert ortho_residual(st) <= ml.Stiefel().tolerance(st.detach())
+    assert (sp.detach().norm(dim=-1) - 1).abs().max() <= ml.Sphere().tolerance(sp.detach())
     with pytest.raises(ValueError, match="ManifoldParameter"):
         CoLA([st], lr=0.1, constraint="circle", radius=1.0)
 
@@ -519,18 +613,35 @@ def test_orthogonal_needs_a_matrix():
 
 
 def test_closure_is_called_and_its_loss_returned():
+    """``step(closure)`` calls the closure once, before the update and with gradients enabled,
+    returns its loss (at the old weights) and steps with the gradients it computed: the same
+    update as a step after a hand-made backward pass."""
     model = mlp()
-    opt = CoLA(constrained_groups(model, "circle"), lr=0.1)
+    twin = copy.deepcopy(model)
+    opt = CoLA(constrained_groups(model, "circle"), lr=0.1, temperature=1e-3, seed=0)
+    twin_opt = CoLA(constrained_groups(twin, "circle"), lr=0.1, temperature=1e-3, seed=0)
     x, y = batches(1)
+    start = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        expected = torch.nn.functional.mse_loss(model(x[0]), y[0])
+    returned = []
 
     def closure():
         opt.zero_grad()
         loss = torch.nn.functional.mse_loss(model(x[0]), y[0])
         loss.backward()
+        returned.append(loss)
         return loss
 
     loss = opt.step(closure)
-    assert torch.is_tensor(loss) and loss.ndim == 0
+    assert len(returned) == 1 and loss is returned[0]
+    assert loss.ndim == 0 and float(loss.detach()) == float(expected)
+    twin_opt.zero_grad()
+    torch.nn.functional.mse_loss(twin(x[0]), y[0]).backward()
+    twin_opt.step()
+    for p, q, p0 in zip(model.parameters(), twin.parameters(), start):
+        assert torch.equal(p, q)
+        assert not torch.equal(p, p0)
 
 
 @settings(max_examples=15, deadline=None)
