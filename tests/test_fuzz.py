@@ -7,8 +7,9 @@ Two properties:
   ``ValueError`` or one of :mod:`manifold_langevin.errors`, whose message names the problem (a
   keyword is checked), never a raw ``IndexError`` / ``AttributeError`` / ``RuntimeError`` from
   inside torch;
-* an input that is accepted gives a valid result: finite and on the manifold (never NaN that
-  looks like output, never a point off the constraint set).
+* an input that is accepted gives a valid result: finite and on the manifold to the dtype's
+  tolerance (never NaN that looks like output, never a point off the constraint set), and it
+  moves (an optimizer or sampler that does nothing is not a valid result).
 
 Sizes are tiny and ``max_examples`` modest so that the file runs in well under a minute on a
 loaded 2-core machine.

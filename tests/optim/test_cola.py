@@ -264,8 +264,8 @@ def test_noise_of_one_step_has_the_stated_variance(kind, scheme):
     ``5 sqrt(2 / dim)`` (0.05 to 0.058; a false alarm has probability 6e-7) whatever the seed. A
     step on a curved set differs from the tangent one at second order, relatively by the step's
     angle squared: below 1e-4 at ``tau = 1e-4`` (``"od"``: 4.5e-3 per coordinate on radius 1).
-    A wrong coefficient (``sqrt(2)`` too large, ``1 - c1`` for ``1 - c1^2``, ``h`` for ``h/2``),
-    noise left out or unprojected, or another group's temperature moves the ratio by 0.3 or more.
+    A wrong coefficient (``sqrt(2)`` too large, ``1 - c1`` for ``1 - c1^2``, ``h`` for ``h/2``)
+    or noise left out moves the ratio by 0.48 or more.
     """
     h, gamma, tau = 0.1, 1.0, 1e-4
     options, w0, dim = _noise_start(kind, torch.Generator().manual_seed(0))
