@@ -50,8 +50,12 @@ def test_shake_failures_are_rejected_and_counted_never_nan():
         observables={"x": lambda x: x[..., 0]},
         generator=torch.Generator().manual_seed(0),
     )
-    assert out.n_failures > 0
-    assert 0 < out.failure_rate < 1
+    # measured on seeds 0-9: failure rate 0.1813 +- 0.0027 (standard deviation over seeds, the
+    # honest error of one run: the failures of a chain are correlated); this seed gave 0.1782.
+    # 5 standard deviations either side; a count that misses failures, counts a failed
+    # chain-step twice or counts the other outcome lands far outside
+    assert abs(out.failure_rate - 0.1813) <= 5 * 0.0027, out.failure_rate
+    assert out.n_failures == round(out.failure_rate * 200 * 200)
     assert torch.isfinite(out.state.x).all() and torch.isfinite(out.state.p).all()
     assert thin.residual_norm(out.state.x).max() <= thin.tolerance(out.state.x)
     assert out.max_residual <= thin.tolerance(out.state.x)

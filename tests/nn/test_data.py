@@ -4,6 +4,7 @@ deterministic digits and spiral sets, and the split/batch helpers."""
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 
 import numpy as np
@@ -43,8 +44,11 @@ def _fake_fashion(folder, n_train=6, n_test=4, gz=True):
 
 # ------------------------------------------------------------------- real Fashion-MNIST
 
+_HAVE_FASHION = (data.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists()
+# CI installs the dataset (.ci/run sets MANIFOLD_LANGEVIN_CI): there a missing copy fails these
+# tests instead of skipping them; elsewhere they are skipped
 needs_fashion = pytest.mark.skipif(
-    not (data.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
+    not _HAVE_FASHION and not os.environ.get("MANIFOLD_LANGEVIN_CI"),
     reason="apt-get install dataset-fashion-mnist",
 )
 

@@ -16,12 +16,8 @@ import json
 
 import pytest
 
-ml = pytest.importorskip("manifold_langevin", reason="manifold_langevin does not import yet")
-if not hasattr(ml, "Langevin"):  # pragma: no cover - only while the core is being written
-    pytest.skip("manifold_langevin has no Langevin yet", allow_module_level=True)
-
-from manifold_langevin.testing import invariant_measure as im  # noqa: E402
-from manifold_langevin.testing.problems import PROBLEMS  # noqa: E402
+from manifold_langevin.testing import invariant_measure as im
+from manifold_langevin.testing.problems import PROBLEMS
 
 
 def _check(rec):

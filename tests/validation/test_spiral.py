@@ -1,15 +1,32 @@
 """Quick run of ``validation.spiral``: the table, JSON and figure are written, every method learns.
 
-The quick settings train for 60 epochs on two seeds; measured test accuracies are 0.67-0.88
-(chance is 0.5, the Bayes accuracy about 0.93), so ``> 0.6`` for every method and seed leaves
-margin for seed variation while still failing for a method that does not learn.
+"Learns" is measured against the best linear classifier (logistic regression) fitted to the same
+training draw, which is what a model that found no curved boundary could reach: 0.622 and 0.658
+test accuracy on seeds 0 and 1 (chance is 0.5, the untrained networks 0.38 and 0.50, the Bayes
+accuracy about 0.93). The quick settings train for 60 epochs; measured test accuracies are
+0.73-0.81. Each accuracy is a proportion over ``n_test = 2000`` points with variance at most
+``0.25 / n_test``, so the difference of two on the same test points has standard deviation at
+most ``sqrt(0.5 / 2000) = 0.016``; a method must beat the linear baseline by 5 of those (0.079).
+On its own 100 training points a method must beat the linear fit's accuracy (0.67 and 0.66;
+measured 0.83-0.88).
 """
 
 from __future__ import annotations
 
 import json
+import math
 
+from sklearn.linear_model import LogisticRegression
+
+from manifold_langevin import data
 from validation import spiral
+
+
+def _linear_baseline(seed, s=spiral.QUICK):
+    """``(train, test)`` accuracy of logistic regression on the spiral draw of ``seed``."""
+    train, test = data.spirals(s.n_train, s.n_test, s.noise, seed, turns=s.turns)
+    fit = LogisticRegression().fit(train.x.numpy(), train.y.numpy())
+    return fit.score(train.x.numpy(), train.y.numpy()), fit.score(test.x.numpy(), test.y.numpy())
 
 
 def test_quick_run_writes_table_and_every_method_learns(tmp_path, capsys):
@@ -21,9 +38,12 @@ def test_quick_run_writes_table_and_every_method_learns(tmp_path, capsys):
     assert list(rows) == list(spiral.METHODS)
     runs = doc["runs"]
     assert len(runs) == len(spiral.METHODS) * len(spiral.QUICK.seeds)
+    baseline = {seed: _linear_baseline(seed) for seed in spiral.QUICK.seeds}
+    margin = 5 * math.sqrt(0.5 / spiral.QUICK.n_test)
     for r in runs:
-        assert r["test_acc"] > 0.6, (r["method"], r["seed"], r["test_acc"])
-        assert r["train_acc"] > 0.6, (r["method"], r["seed"], r["train_acc"])
+        linear_train, linear_test = baseline[r["seed"]]
+        assert r["test_acc"] >= linear_test + margin, (r["method"], r["seed"], r["test_acc"])
+        assert r["train_acc"] > linear_train, (r["method"], r["seed"], r["train_acc"])
         assert "grid_prob" not in r
     for method in ("c-sgd", "c-sgld"):
         assert rows[method]["max_residual"] <= 1e-5
