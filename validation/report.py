@@ -339,58 +339,6 @@ def _meq(opt: dict, case: str, method: str) -> float:
     return _case(opt, case)["methods"][method]["matmul_equivalents"]
 
 
-def _targets_table(targets: list[dict]) -> str:
-    rows = ["| target | ratio of medians | measured | wanted | met |", "|---|---|---|---|---|"]
-    for t in targets:
-        rows.append(
-            f"| {t['description']} | `{t['ratio']}` | {t['measured']:.2f} | {t['target']} | "
-            f"{'yes' if t['met'] else '**no**'} |"
-        )
-    return "\n".join(rows)
-
-
-def _sampler_tables(rows: list[dict]) -> str:
-    out = []
-    for sweep, what in (("chains", "number of chains"), ("dimension", "dimension")):
-        sel = [r for r in rows if r["sweep"] == sweep]
-        if not sel:
-            continue
-        out += [
-            f"Sweep over the {what}:\n",
-            "| manifold | event shape | chains | steps | chain-steps / s | ms per step "
-            "| failures |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        out += [
-            f"| {r['label']} | {' x '.join(map(str, r['event_shape']))} | {r['n_chains']} | "
-            f"{r['n_steps']} | {r['chain_steps_per_s']:,.0f} | {_ms(r['us_per_step'] / 1e3)} | "
-            f"{r['n_failures']} |"
-            for r in sel
-        ]
-        out.append("")
-    return "\n".join(out)
-
-
-def _case(opt: dict, case: str) -> dict:
-    return next(r for r in opt["cases"] if r.get("key", r["case"]) == case)
-
-
-def _ratio(opt: dict, case: str, num: str, den: str) -> float:
-    methods = _case(opt, case)["methods"]
-    return methods[num]["median_ms"] / methods[den]["median_ms"]
-
-
-def _spread(opt: dict, case: str, num: str, den: str) -> str:
-    """The numerator's quartiles over the denominator's median, as a ratio range."""
-    methods = _case(opt, case)["methods"]
-    base = methods[den]["median_ms"]
-    return f"quartiles {methods[num]['q1_ms'] / base:.1f}x to {methods[num]['q3_ms'] / base:.1f}x"
-
-
-def _meq(opt: dict, case: str, method: str) -> float:
-    return _case(opt, case)["methods"][method]["matmul_equivalents"]
-
-
 def _trig_reading() -> str:
     """What ``validation/bench_circle_trig.py`` measured (empty if it was not run)."""
     path = RESULTS / "bench_circle_trig.json"
