@@ -1,7 +1,7 @@
 """The validation problems' exact values, checked by routes independent of how they were computed.
 
-``validation/problems.py`` derives its values from Bessel ratios, closed forms and quadrature of
-area elements. Here every value is re-derived another way, with numpy only:
+``manifold_langevin/testing/problems.py`` derives its values from Bessel ratios, closed forms and
+quadrature of area elements. Here every value is re-derived another way, with numpy only:
 
 * direct Monte Carlo from the known distribution with a large fixed-seed sample (numpy's von Mises
   sampler, the inverse CDF of the vMF on S^2, Wood's rejection algorithm on S^9), tolerance 5 MC
@@ -299,8 +299,8 @@ def test_so3_by_haar_importance_sampling():
 # ------------------------------------------------------------------------- harmonic plane
 def test_harmonic_plane_by_null_space_and_conditioning():
     p = PROBLEMS["harmonic_plane"]
-    # by hand (validation/problems.py's derivations): diag of the restricted covariance is
-    # (13, 10, 5)/49
+    # by hand (the derivations in manifold_langevin/testing/problems_implicit.py): diag of the
+    # restricted covariance is (13, 10, 5)/49
     assert p.exact["x1_sq"] == pytest.approx(13 / 49, rel=1e-12)
     assert p.exact["x2_sq"] == pytest.approx(10 / 49, rel=1e-12)
     assert p.exact["x3_sq"] == pytest.approx(5 / 49, rel=1e-12)
