@@ -18,7 +18,7 @@ import math
 
 from sklearn.linear_model import LogisticRegression
 
-from manifold_langevin import data
+from manifold_langevin.nn import data
 from validation import spiral
 
 
