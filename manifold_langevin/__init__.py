@@ -7,7 +7,13 @@ neural-network optimizer), ``nn`` (data, models, the training loop, checkpoints)
 """
 
 from . import errors, integrators, manifolds, sampling
-from .errors import NonFiniteError, OffManifoldError, ShakeError
+from .errors import (
+    NonFiniteError,
+    OffManifoldError,
+    RankDeficientError,
+    ShakeError,
+    UntrustedRunWarning,
+)
 from .integrators import State
 from .manifolds import (
     Circles,
@@ -19,11 +25,12 @@ from .manifolds import (
     Stiefel,
     as_manifold,
 )
-from .sampling import Langevin, OverdampedLangevin, SampleResult, sample
+from .sampling import HMC, Langevin, OverdampedLangevin, SampleResult, sample
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "HMC",
     "Circles",
     "ConstrainedManifold",
     "Euclidean",
@@ -33,11 +40,13 @@ __all__ = [
     "OffManifoldError",
     "OverdampedLangevin",
     "Product",
+    "RankDeficientError",
     "SampleResult",
     "ShakeError",
     "Sphere",
     "State",
     "Stiefel",
+    "UntrustedRunWarning",
     "__version__",
     "as_manifold",
     "errors",

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "NonFiniteError", "OffManifoldError", "ShakeError"]
+__all__ = [
+    "CheckpointError",
+    "NonFiniteError",
+    "OffManifoldError",
+    "RankDeficientError",
+    "ShakeError",
+    "UntrustedRunWarning",
+]
 
 
 class OffManifoldError(ValueError):
@@ -58,3 +65,23 @@ class CheckpointError(ValueError):
     corrupt file) and by ``manifold-langevin train --resume`` (a checkpoint of another
     configuration; the message names every setting that differs).
     """
+
+
+class RankDeficientError(ValueError):
+    """The constraint Jacobian ``J`` is rank deficient at a point: ``J J^T`` is singular, so the
+    tangent projection and the SHAKE solve are undefined (redundant constraints, or a point
+    where a constraint's gradient vanishes).
+
+    Attributes:
+        chains: the indices of the chains (start points) where it is.
+    """
+
+    def __init__(self, message: str, chains=()):
+        super().__init__(message)
+        self.chains = list(chains)
+
+
+class UntrustedRunWarning(UserWarning):
+    """A sampling run whose numbers should not be trusted as they are: too many failed or
+    rejected steps, or diagnostics that say the chains have not mixed. The message names the
+    measurement and the threshold."""

@@ -225,6 +225,20 @@ def _sampler_cases():
             ),
             ellipse_x0,
         ),
+        "ellipse-hmc-conditional": (
+            ml.HMC(
+                ellipse,
+                potential=lambda x: x[..., 1],
+                step_size=0.1,
+                n_leapfrog=2,
+                measure="conditional",
+            ),
+            ellipse_x0,
+        ),
+        "stiefel-ghmc": (
+            ml.HMC(ml.Stiefel(), potential=lambda x: -x[..., 0, 0], step_size=0.3, friction=1.0),
+            st,
+        ),
     }
 
 

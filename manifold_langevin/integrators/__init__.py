@@ -7,6 +7,7 @@ integrator protocol and the start checks.
 """
 
 from .base import START_FACTOR, Dynamics, State, chain_mask, check_on_manifold, finite_chains
+from .hmc import HMCKernel
 from .langevin import LangevinIntegrator
 from .overdamped import OverdampedIntegrator
 from .schemes import SCHEMES, Scheme, parse_scheme, scheme_order
@@ -25,6 +26,7 @@ __all__ = [
     "SCHEMES",
     "START_FACTOR",
     "Dynamics",
+    "HMCKernel",
     "LangevinIntegrator",
     "OverdampedIntegrator",
     "Scheme",

@@ -15,19 +15,24 @@ from dataclasses import dataclass, replace
 import torch
 
 from .._checks import check_positive
-from ..errors import NonFiniteError, OffManifoldError
+from ..errors import NonFiniteError, OffManifoldError, RankDeficientError
 from ..manifolds.adapters import as_manifold
 from ..manifolds.base import ConstrainedManifold
 
 __all__ = [
+    "MEASURES",
     "START_FACTOR",
     "Dynamics",
     "State",
     "chain_mask",
+    "check_gram_rank",
     "check_on_manifold",
     "finite_chains",
     "start_limit",
 ]
+
+MEASURES = ("surface", "conditional")
+"""The invariant measures a sampler can target (see ``measure`` of [`Dynamics`][])."""
 
 START_FACTOR = 10.0
 """A start point (or a parameter at its first step) passes the off-manifold check up to this
@@ -51,6 +56,25 @@ def finite_chains(ndim: int, *tensors: torch.Tensor) -> torch.Tensor:
         f = f.all(dim=dims) if dims else f
         out = f if out is None else out & f
     return out
+
+
+def check_gram_rank(manifold: ConstrainedManifold, x: torch.Tensor) -> None:
+    """Raise [`RankDeficientError`][manifold_langevin.errors.RankDeficientError] if the
+    constraint Jacobian is rank deficient at some of the points ``x`` (one host read; nothing
+    to check where the Gram matrix is constant)."""
+    if manifold.constant_gram:
+        return
+    bad = manifold.gram_rank_deficiency(x)
+    if bool(bad.any()):
+        chains = [tuple(i) if len(i) > 1 else int(i[0]) for i in bad.nonzero().tolist()]
+        raise RankDeficientError(
+            f"the constraint Jacobian J is rank deficient at {len(chains)} start point(s) "
+            f"(chains {chains[:10]}{'...' if len(chains) > 10 else ''}): J J^T is singular, so "
+            "the tangent space and SHAKE are undefined there (constraints that are not "
+            "independent, or a point where grad g vanishes); remove the redundant constraint "
+            "or start elsewhere",
+            chains=chains,
+        )
 
 
 def start_limit(manifold: ConstrainedManifold, x: torch.Tensor) -> float:
@@ -77,11 +101,15 @@ class State:
         x: positions ``(*chains, *event)`` on the manifold.
         p: tangent momenta like ``x`` (``None`` for the overdamped Euler scheme).
         force: ``-grad U(x)``, carried so that each step costs one gradient evaluation.
+        info: what the last step reports per chain beyond convergence and finiteness (the
+            Metropolis kernel's ``accepted``, ``reverse_failed``, ``shake_failed`` and
+            ``energy_error``); ``None`` for the Langevin schemes.
     """
 
     x: torch.Tensor
     p: torch.Tensor | None
     force: torch.Tensor
+    info: dict | None = None
 
     def replace(self, **changes) -> State:
         return replace(self, **changes)
@@ -99,6 +127,13 @@ class Dynamics:
         force: optional ``F(x) = -grad U(x)`` shaped like ``x``; if omitted it comes from autograd.
         step_size: time step ``h > 0``.
         temperature: ``tau >= 0``; the target is ``exp(-U / tau)`` times the surface measure.
+        measure: ``"surface"`` (default): ``exp(-U/tau)`` times the surface (Hausdorff) measure
+            of the set, what constrained dynamics sample (rigid constraints); ``"conditional"``:
+            ``exp(-U/tau)`` times ``det(J J^T)^(-1/2)`` times the surface measure, the
+            distribution of unconstrained ``exp(-U/tau)`` conditioned on ``g = 0`` (the limit of
+            stiff springs, flexible constraints), sampled by adding the Fixman term
+            ``(tau/2) log det(J J^T)`` to the potential. The two coincide where ``det(J J^T)``
+            is constant on the set (spheres, circles, Stiefel, linear constraints).
     """
 
     #: weak order of configurational averages, set by subclasses
@@ -112,8 +147,14 @@ class Dynamics:
         force: Callable[[torch.Tensor], torch.Tensor] | None = None,
         step_size: float,
         temperature: float = 1.0,
+        measure: str = "surface",
     ):
         self.manifold = as_manifold(manifold)
+        if measure not in MEASURES:
+            raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
+        self.measure = measure
+        # the Fixman term matters only where det(J J^T) varies on the set
+        self._fixman = measure == "conditional" and not self.manifold.constant_gram
         if potential is not None and not callable(potential):
             raise TypeError("potential must be callable (x -> energies per chain) or None")
         if force is not None and not callable(force):
@@ -127,8 +168,41 @@ class Dynamics:
     def chain_shape(self, x: torch.Tensor) -> torch.Size:
         return x.shape[: x.dim() - self.manifold.ndim]
 
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        """The potential of the target measure, one value per chain: ``U(x)``, plus the Fixman
+        term ``(tau/2) log det(J J^T)`` for the conditional measure.
+
+        Raises:
+            ValueError: there is no potential but a ``force`` (the energy is then unknown).
+        """
+        if self.potential is None:
+            if self._force_fn is not None:
+                raise ValueError(
+                    "this sampler needs the potential's values (a Metropolis test), not only the "
+                    "force: pass potential="
+                )
+            u = x.new_zeros(self.chain_shape(x))
+        else:
+            u = self.potential(x)
+        if self._fixman:
+            u = u + 0.5 * self.temperature * self.manifold.log_det_gram(x)
+        return u
+
     def force(self, x: torch.Tensor) -> torch.Tensor:
-        """``-grad U(x)`` from ``force=`` or autograd (zero when there is no potential)."""
+        """``-grad`` of [`energy`][]: ``force=`` or autograd of the potential, plus the Fixman
+        term's force for the conditional measure (zero when there is no potential)."""
+        f = self._potential_force(x)
+        if self._fixman:
+            f = f + self._fixman_force(x)
+        return f
+
+    def _fixman_force(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.manifold.log_det_gram(xg).sum(), xg)
+        return (-0.5 * self.temperature) * grad
+
+    def _potential_force(self, x: torch.Tensor) -> torch.Tensor:
         if self._force_fn is not None:
             return self._force_fn(x)
         if self.potential is None:
@@ -196,6 +270,7 @@ class Dynamics:
                 residual=worst,
                 tolerance=limit,
             )
+        check_gram_rank(self.manifold, x0)
         return x0
 
     def _initial_force(self, x0: torch.Tensor) -> torch.Tensor:

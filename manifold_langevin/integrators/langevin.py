@@ -78,6 +78,9 @@ class LangevinIntegrator(Dynamics):
             map for geodesic flows, one SHAKE solve instead of two with RATTLE (the two agree to
             $O(h^3)$ per step). Off by default.
         force: optional explicit $-\nabla U$.
+        measure: ``"surface"`` (default) or ``"conditional"`` (adds the Fixman term
+            $\tfrac\tau2 \log\det(J J^\top)$ to the potential; see
+            [`Dynamics`][manifold_langevin.integrators.base.Dynamics]).
     """
 
     def __init__(
@@ -93,9 +96,15 @@ class LangevinIntegrator(Dynamics):
         geodesic: bool | None = None,
         fuse: bool = False,
         force=None,
+        measure: str = "surface",
     ):
         super().__init__(
-            manifold, potential, force=force, step_size=step_size, temperature=temperature
+            manifold,
+            potential,
+            force=force,
+            step_size=step_size,
+            temperature=temperature,
+            measure=measure,
         )
         self.friction = check_positive("friction", friction, allow_zero=True, allow_inf=True)
         self.substeps = check_int("substeps", substeps)

@@ -60,6 +60,8 @@ class OverdampedIntegrator(Dynamics):
         scheme: ``"euler"`` (default) or ``"lm"``.
         substeps: RATTLE sub-steps per A step of ``"lm"`` where no geodesic exists.
         force: optional explicit ``-grad U``.
+        measure: ``"surface"`` (default) or ``"conditional"`` (the Fixman term; see
+            [`Dynamics`][manifold_langevin.integrators.base.Dynamics]).
     """
 
     def __init__(
@@ -72,9 +74,15 @@ class OverdampedIntegrator(Dynamics):
         scheme: str = "euler",
         substeps: int = 1,
         force=None,
+        measure: str = "surface",
     ):
         super().__init__(
-            manifold, potential, force=force, step_size=step_size, temperature=temperature
+            manifold,
+            potential,
+            force=force,
+            step_size=step_size,
+            temperature=temperature,
+            measure=measure,
         )
         if not isinstance(scheme, str) or scheme not in _OVERDAMPED:
             raise ValueError(f"scheme must be 'euler' or 'lm', got {scheme!r}")
@@ -91,6 +99,7 @@ class OverdampedIntegrator(Dynamics):
                 friction=math.inf,
                 temperature=self.temperature,
                 substeps=substeps,
+                measure=measure,
             )
 
     def __repr__(self) -> str:

@@ -81,7 +81,7 @@ def event_sum(t: torch.Tensor, ndim: int, keepdim: bool = False) -> torch.Tensor
 
 
 class ConstrainedManifold(geoopt.Manifold):
-    """Base class: a level set ``g(x) = 0`` with the Euclidean metric.
+    r"""Base class: a level set ``g(x) = 0`` with the Euclidean metric.
 
     Subclasses implement [`constraint`][] and, for the generic Newton SHAKE, [`jacobian`][]
     (dense, ``(..., m, N)`` with ``N`` the flattened event size). Closed-form subclasses override
@@ -97,6 +97,9 @@ class ConstrainedManifold(geoopt.Manifold):
             so that an optimizer, which weighs cost against exactness, takes it by default
             (samplers always default to the exact flow). ``False`` for Stiefel, whose geodesic
             needs two matrix exponentials.
+        constant_gram: whether $\det(J J^\top)$ is constant on the set (spheres, circles,
+            Stiefel, linear constraints), so that the conditional measure is the surface
+            measure and [`log_det_gram`][] may return zeros.
         flags_nonfinite: whether the convergence flags of [`shake`][] and [`rattle`][] are
             already ``False`` wherever the returned point or momentum is not finite (their
             residual test sees every NaN/Inf), so that a caller need not check finiteness again.
@@ -112,6 +115,7 @@ class ConstrainedManifold(geoopt.Manifold):
     rattle_absorbs_normal = False
     cheap_geodesic = True
     flags_nonfinite = False
+    constant_gram = False
 
     def __init__(self, *, tol: float | None = None, max_iter: int = 12, newton: bool = True):
         super().__init__()
@@ -148,6 +152,31 @@ class ConstrainedManifold(geoopt.Manifold):
         gram = jac @ jac.transpose(-1, -2)
         lam = torch.linalg.solve_ex(gram, jac @ uf)[0]
         return (uf - jac.transpose(-1, -2) @ lam).squeeze(-1).reshape(u.shape)
+
+    def log_det_gram(self, x: torch.Tensor) -> torch.Tensor:
+        r"""$\log\det(J(x) J(x)^\top)$ per chain, differentiable in ``x``: the Fixman term of the
+        conditional measure, $(\det J J^\top)^{-1/2}$ times the surface measure. Zeros where
+        the Gram determinant is constant on the set (``constant_gram``): only its variation
+        matters."""
+        if self.constant_gram:
+            return x.new_zeros(x.shape[: x.dim() - self.ndim])
+        jac = self.jacobian(x)
+        return torch.linalg.slogdet(jac @ jac.transpose(-1, -2))[1]
+
+    def gram_rank_deficiency(self, x: torch.Tensor) -> torch.Tensor:
+        r"""Per chain: whether the Gram matrix $J J^\top$ at ``x`` is singular to working
+        precision (its condition number above ``1 / (16 eps)``), i.e. the constraints are not
+        independent there and neither the tangent projection nor SHAKE is defined. Always
+        ``False`` where the Gram matrix is constant."""
+        if self.constant_gram:
+            return torch.zeros(x.shape[: x.dim() - self.ndim], dtype=torch.bool, device=x.device)
+        jac = self.jacobian(x)
+        eig = torch.linalg.eigvalsh(jac @ jac.transpose(-1, -2))
+        top = eig[..., -1:].abs()
+        eps = torch.finfo(x.dtype).eps
+        return ~(
+            (eig[..., :1] > 16 * eps * top) & torch.isfinite(eig).all(dim=-1, keepdim=True)
+        ).squeeze(-1)
 
     def residual_norm(self, x: torch.Tensor) -> torch.Tensor:
         """Per-chain violation ``max_i |g_i(x)|`` (scale-free where a subclass says so)."""

@@ -18,6 +18,7 @@ class Euclidean(ConstrainedManifold):
 
     name = "Euclidean"
     has_geodesic = True
+    constant_gram = True  # no constraint: an empty Gram matrix
 
     def __init__(self, ndim: int = 1):
         super().__init__(max_iter=1)

@@ -74,20 +74,33 @@ class ImplicitManifold(ConstrainedManifold):
             )
         return out
 
-    def jacobian(self, x: torch.Tensor) -> torch.Tensor:
+    def jacobian(self, x: torch.Tensor, *, create_graph: bool = False) -> torch.Tensor:
+        """``Dg(x)``, shape ``(..., m, n)``; ``create_graph=True`` keeps it differentiable in
+        ``x`` (for the gradient of the Fixman term [`log_det_gram`][])."""
         # g acts row by row, so row i of every chain's Jacobian is the gradient of sum_chains g_i:
         # m reverse passes, cheaper than torch.func's vmap(jacrev) for the small m of constraints
         with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
+            xg = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
             out = self.constraint(xg)
             m = out.shape[-1]
             if not out.requires_grad:
                 raise ValueError("g does not depend on x through torch operations")
             rows = [
-                torch.autograd.grad(out[..., i].sum(), xg, retain_graph=i < m - 1)[0]
+                torch.autograd.grad(
+                    out[..., i].sum(),
+                    xg,
+                    retain_graph=create_graph or i < m - 1,
+                    create_graph=create_graph,
+                )[0]
                 for i in range(m)
             ]
         return torch.stack(rows, dim=-2)
+
+    def log_det_gram(self, x: torch.Tensor) -> torch.Tensor:
+        """``log det(J J^T)`` per chain, differentiable in ``x`` (autodiff through the
+        Jacobian) when ``x`` requires a gradient: the Fixman term of the conditional measure."""
+        jac = self.jacobian(x, create_graph=x.requires_grad)
+        return torch.linalg.slogdet(jac @ jac.transpose(-1, -2))[1]
 
     def random(self, *size, dtype=None, device=None, generator=None) -> torch.Tensor:
         """Gaussian points projected onto the level set (not uniform on it); failed rows are NaN."""

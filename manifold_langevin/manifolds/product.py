@@ -46,6 +46,7 @@ class Product(ConstrainedManifold):
         self.dims = [int(d) for d in dims]
         self.has_geodesic = all(m.has_geodesic for m in factors)
         self.cheap_geodesic = all(m.cheap_geodesic for m in factors)
+        self.constant_gram = all(m.constant_gram for m in factors)
 
     def _split(self, x):
         if x.shape[-1] != sum(self.dims):
@@ -72,6 +73,14 @@ class Product(ConstrainedManifold):
 
     def proju(self, x, u):
         return torch.cat(self._map(lambda m, a, b: m.proju(a, b), x, u), dim=-1)
+
+    def log_det_gram(self, x):
+        # the factors share no variables: J is block diagonal
+        return torch.stack(self._map(lambda m, a: m.log_det_gram(a), x), dim=-1).sum(dim=-1)
+
+    def gram_rank_deficiency(self, x):
+        parts = self._map(lambda m, a: m.gram_rank_deficiency(a), x)
+        return torch.stack(parts, dim=-1).any(dim=-1)
 
     def residual_norm(self, x):
         parts = self._map(lambda m, a: m.residual_norm(a), x)

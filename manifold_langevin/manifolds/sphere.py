@@ -43,6 +43,7 @@ class Sphere(ConstrainedManifold):
     name = "Sphere"
     has_geodesic = True
     flags_nonfinite = True  # shake's flag tests the discriminant and the result's finiteness
+    constant_gram = True  # J J^T = |x|^2 = r^2 on the set
 
     def __init__(self, radius: float = 1.0, *, tol: float | None = None):
         super().__init__(tol=tol, max_iter=1)

@@ -151,6 +151,7 @@ class Stiefel(ConstrainedManifold):
     rattle_absorbs_normal = True  # the fused step's Lambda_0 (see rattle)
     cheap_geodesic = False  # two matrix exponentials against a handful of products
     flags_nonfinite = True  # a NaN anywhere reaches the residual that the flags test
+    constant_gram = True  # the Gram matrix of T^T T - I is a fixed function of T^T T = I
 
     def __init__(
         self,

@@ -2,7 +2,15 @@
 
 from .loop import sample
 from .result import SampleResult
-from .samplers import Langevin, OverdampedLangevin, Sampler
+from .samplers import HMC, Langevin, OverdampedLangevin, Sampler
 from .statistics import BatchMeans
 
-__all__ = ["BatchMeans", "Langevin", "OverdampedLangevin", "SampleResult", "Sampler", "sample"]
+__all__ = [
+    "HMC",
+    "BatchMeans",
+    "Langevin",
+    "OverdampedLangevin",
+    "SampleResult",
+    "Sampler",
+    "sample",
+]

@@ -7,12 +7,15 @@ Everything accumulates on the device; the host reads the totals once, at the end
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import NonFiniteError, ShakeError
+from ..errors import NonFiniteError, ShakeError, UntrustedRunWarning
 from ..integrators.base import State, chain_mask
 from .result import SampleResult
 from .statistics import BatchMeans
@@ -104,6 +107,10 @@ def sample(
         first_fail = torch.full((), -1, dtype=torch.int64, device=dev)
         first_bad = torch.full((), -1, dtype=torch.int64, device=dev)
         max_res = torch.zeros((), dtype=acc_dtype, device=dev)
+        # the Metropolis kernel's counts (its states carry an info dict)
+        n_accepted = torch.zeros((), dtype=torch.int64, device=dev)
+        n_reverse = torch.zeros((), dtype=torch.int64, device=dev)
+        metropolis = False
 
         for i in tqdm(range(n_steps), disable=not progress, desc="sampling", leave=False):
             new, ok, finite = dynamics.step(state, generator)
@@ -113,6 +120,10 @@ def sample(
             first_fail = torch.where((first_fail < 0) & failed.any(), i, first_fail)
             first_bad = torch.where((first_bad < 0) & bad.any(), i, first_bad)
             moving = alive & (ok & finite if strict else finite)
+            if new.info is not None:
+                metropolis = True
+                n_accepted += (alive & new.info["accepted"]).sum()
+                n_reverse += (alive & new.info["reverse_failed"]).sum()
             state = _freeze(state, new, moving)
             alive = moving
             if i >= burn_in and (i - burn_in) % thin == 0:
@@ -125,6 +136,13 @@ def sample(
         _raise_if_failed(dynamics, state, first_bad, first_fail, n_fail, strict)
         means, stderrs, batch_means = stats.finish()
         nf = int(n_fail)
+        total = n_steps * n_chains
+        extra = {}
+        if metropolis:
+            na = int(n_accepted)
+            extra = {"acceptance_rate": na / total, "n_rejected": total - na,
+                     "n_reverse_failed": int(n_reverse)}  # fmt: skip
+        _warn_if_untrusted(nf / total, extra.get("acceptance_rate"), n_steps, n_chains)
         return SampleResult(
             means=means,
             stderrs=stderrs,
@@ -135,6 +153,7 @@ def sample(
             n_chains=n_chains,
             state=state,
             batch_means=batch_means,
+            **extra,
         )
 
 
@@ -142,7 +161,52 @@ def _freeze(old: State, new: State, moving: torch.Tensor) -> State:
     """Chains not ``moving`` keep their old state (device-side, no branch)."""
     m = chain_mask(moving, old.x)
     p = None if new.p is None else torch.where(m, new.p, old.p)
-    return State(torch.where(m, new.x, old.x), p, torch.where(m, new.force, old.force))
+    x, f = torch.where(m, new.x, old.x), torch.where(m, new.force, old.force)
+    return State(x, p, f, info=new.info)
+
+
+#: a run warns when more than this fraction of its chain-steps failed (the failures' bias on the
+#: averages is of the order of the failure rate, which then exceeds the Monte Carlo error of most
+#: runs)
+FAILURE_WARN = 0.01
+#: a Metropolis-adjusted run warns when it accepts fewer than this fraction of its proposals (its
+#: averages are then unbiased but rest on few moves: shorten the step)
+ACCEPTANCE_WARN = 0.1
+
+
+def _warn_if_untrusted(failure_rate: float, acceptance: float | None, n_steps, n_chains) -> None:
+    """Warn (``UntrustedRunWarning``) about a run whose averages should not be trusted as they
+    are. A Metropolis-adjusted run's failed solves are rejections of an exact kernel (no bias):
+    for it only the acceptance rate counts."""
+    problems = []
+    if failure_rate >= 1.0:
+        problems.append("every chain-step failed: the chains never moved from their start")
+    elif acceptance is None and failure_rate > FAILURE_WARN:
+        problems.append(
+            f"{100 * failure_rate:.3g}% of the chain-steps failed (SHAKE did not converge) and "
+            f"were rejected, more than {100 * FAILURE_WARN:g}%: the averages are biased by about "
+            "that rate; reduce step_size or use substeps"
+        )
+    if acceptance is not None and acceptance < ACCEPTANCE_WARN:
+        problems.append(
+            f"the Metropolis test accepted {100 * acceptance:.3g}% of the proposals, fewer than "
+            f"{100 * ACCEPTANCE_WARN:g}%: the averages rest on few moves; reduce step_size"
+        )
+    if problems:
+        warnings.warn(
+            f"sampling run of {n_chains} chain(s) x {n_steps} steps: " + "; ".join(problems),
+            UntrustedRunWarning,
+            stacklevel=_outside_the_package(),
+        )
+
+
+def _outside_the_package() -> int:
+    """The ``stacklevel`` of the first frame outside this package (the user's call)."""
+    package = str(Path(__file__).resolve().parents[1])
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _raise_if_failed(dynamics, state, first_bad, first_fail, n_fail, strict):

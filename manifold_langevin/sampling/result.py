@@ -28,6 +28,12 @@ class SampleResult:
         n_chains: number of chains.
         state: the final integrator state (``state.x`` are the final points).
         batch_means: per observable, the batch means, shape ``(n_batches, *chains, ...)``.
+        acceptance_rate: for a Metropolis-adjusted sampler, the accepted fraction of the
+            ``n_steps * n_chains`` proposals (``None`` for the Langevin schemes).
+        n_rejected: rejected proposals (a failed SHAKE solve, a failed reversibility check, a
+            non-finite proposal or the Metropolis test; ``None`` without a Metropolis test).
+        n_reverse_failed: proposals rejected because integrating back from them did not return
+            to their start (``None`` without a Metropolis test).
     """
 
     means: dict[str, torch.Tensor]
@@ -39,6 +45,9 @@ class SampleResult:
     n_chains: int
     state: State
     batch_means: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    acceptance_rate: float | None = None
+    n_rejected: int | None = None
+    n_reverse_failed: int | None = None
 
     def summary(self) -> str:
         """One line per observable: ``name: mean +- stderr``."""
@@ -47,4 +56,9 @@ class SampleResult:
             f"max residual {self.max_residual:.3g}, failures {self.n_failures} "
             f"({100 * self.failure_rate:.3g}%)"
         )
+        if self.acceptance_rate is not None:
+            lines.append(
+                f"acceptance {100 * self.acceptance_rate:.3g}% ({self.n_rejected} rejected, "
+                f"{self.n_reverse_failed} by the reversibility check)"
+            )
         return "\n".join(lines)

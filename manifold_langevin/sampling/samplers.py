@@ -9,12 +9,13 @@ the order and the references), plus ``.sample(x0, n_steps, ...)``, which runs th
 
 from __future__ import annotations
 
+from ..integrators.hmc import HMCKernel
 from ..integrators.langevin import LangevinIntegrator
 from ..integrators.overdamped import OverdampedIntegrator
 from .loop import sample
 from .result import SampleResult
 
-__all__ = ["Langevin", "OverdampedLangevin", "Sampler"]
+__all__ = ["HMC", "Langevin", "OverdampedLangevin", "Sampler"]
 
 
 class Sampler:
@@ -59,4 +60,26 @@ class OverdampedLangevin(Sampler, OverdampedIntegrator):
         ...                 generator=torch.Generator().manual_seed(0))
         >>> od.order, out.max_residual < 1e-12, out.n_failures
         (1, True, 0)
+    """
+
+
+class HMC(Sampler, HMCKernel):
+    """Metropolis-adjusted constrained HMC (``friction=None``) or generalised HMC
+    (``friction=gamma``): exact for ``exp(-U/tau)`` times the surface (or conditional) measure
+    at every step size.
+
+    The proposal, the reversibility check, the Metropolis test, the momentum refresh and every
+    argument are those of [`HMCKernel`][manifold_langevin.integrators.hmc.HMCKernel]; the result
+    of ``.sample`` adds ``acceptance_rate``, ``n_rejected`` and ``n_reverse_failed``.
+
+    Examples:
+        >>> import torch, manifold_langevin as ml
+        >>> ellipse = ml.ImplicitManifold(lambda x: x[..., :1] ** 2 / 4 + x[..., 1:] ** 2 - 1)
+        >>> hmc = ml.HMC(ellipse, potential=lambda x: x[..., 1], step_size=0.3, n_leapfrog=3)
+        >>> t = torch.linspace(0, 6.28, 64, dtype=torch.float64)
+        >>> x0 = torch.stack([2 * torch.cos(t), torch.sin(t)], dim=-1)
+        >>> out = hmc.sample(x0, n_steps=50, observables={"y": lambda x: x[..., 1]},
+        ...                  generator=torch.Generator().manual_seed(0))
+        >>> 0.5 < out.acceptance_rate <= 1.0, out.max_residual < 1e-10
+        (True, True)
     """
