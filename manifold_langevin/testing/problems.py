@@ -26,6 +26,13 @@ Problems (``tau = 1`` unless stated):
 - ``ellipse``: ``x^2/4 + y^2 = 1``, ``U = y``
 - ``ellipsoid``: ``x^2/0.25 + y^2 + z^2/4 = 1``, ``U = -z``
 
+``EXTRA_PROBLEMS`` holds problems that [`get_problem`][] finds but that are not in ``PROBLEMS``
+(so ``manifold-langevin validate`` and the pages built from its results do not run them):
+
+- ``rigid_triatomic``: three atoms in R^9 with their three distances fixed (a vector-valued
+  constraint), a tether on the centre of mass and an orienting field on the first bond
+  ([`problems_molecule`][manifold_langevin.testing.problems_molecule])
+
 The problems on implicit constraint sets (tori, the plane, the sphere cut by a plane, the
 ellipse and the ellipsoid) are in
 [`problems_implicit`][manifold_langevin.testing.problems_implicit].
@@ -64,8 +71,9 @@ from .problem import (
     uniform_numbers,
 )
 from .problems_implicit import ellipse, ellipsoid, harmonic_plane, sphere_plane, torus
+from .problems_molecule import rigid_triatomic
 
-__all__ = ["PROBLEMS", "get_problem"]
+__all__ = ["EXTRA_PROBLEMS", "PROBLEMS", "get_problem"]
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -303,17 +311,18 @@ def _build() -> dict[str, Problem]:
 
 
 PROBLEMS: dict[str, Problem] = _build()
+#: problems found by [`get_problem`][] that the default runs (``PROBLEMS``) leave out
+EXTRA_PROBLEMS: dict[str, Problem] = {p.name: p for p in (rigid_triatomic(),)}
 
 
 def get_problem(name: str) -> Problem:
-    """The problem called ``name``.
+    """The problem called ``name``, in ``PROBLEMS`` or ``EXTRA_PROBLEMS``.
 
     Raises:
         KeyError: unknown name (the message lists the valid ones).
     """
-    try:
-        return PROBLEMS[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown problem {name!r}; valid names: {', '.join(sorted(PROBLEMS))}"
-        ) from None
+    found = PROBLEMS.get(name, EXTRA_PROBLEMS.get(name))
+    if found is None:
+        valid = ", ".join(sorted({**PROBLEMS, **EXTRA_PROBLEMS}))
+        raise KeyError(f"unknown problem {name!r}; valid names: {valid}")
+    return found
