@@ -209,6 +209,7 @@ class _Trace:
             self.split = torch.cat((self.x[..., :half], self.x[..., -half:]), dim=1)
         self._z: torch.Tensor | None = None
         self._sorted_split: torch.Tensor | None = None
+        self._split_order: torch.Tensor | None = None
 
     def nan(self) -> torch.Tensor:
         return torch.full(self.element_shape, math.nan, dtype=torch.float64, device=self.device)
@@ -219,7 +220,7 @@ class _Trace:
 
     def z_split(self) -> torch.Tensor:
         if self._z is None:
-            self._z, self._sorted_split = _rank_normalise(self.split)
+            self._z, self._sorted_split, self._split_order = _rank_normalise(self.split)
         return self._z
 
     def ess_bulk(self) -> torch.Tensor:
@@ -230,10 +231,10 @@ class _Trace:
 
     def ess_tail(self) -> torch.Tensor:
         if self._sorted_split is not None and self.n_draws % 2 == 0:
-            ordered = self._sorted_split  # the split chains hold every draw
+            # the split chains hold every draw
+            low, high = (_quantile_type7(self._sorted_split, p) for p in _TAIL_PROBS)
         else:
-            ordered = torch.sort(self.x.flatten(1), dim=-1).values
-        low, high = (_quantile_type7(ordered, p) for p in _TAIL_PROBS)
+            low, high = (_quantile_type7_unsorted(self.x.flatten(1), p) for p in _TAIL_PROBS)
         ess_low = _ess_of_split(self._split_of((self.x <= low[:, None, None]).to(torch.float64)))
         ess_high = _ess_of_split(self._split_of((self.x <= high[:, None, None]).to(torch.float64)))
         # min(ess_low, ess_high) with Python's `min` semantics (the first unless the second is
@@ -242,10 +243,7 @@ class _Trace:
 
     def rhat(self) -> torch.Tensor:
         bulk = _rhat_of_split(self.z_split())
-        ordered = self._sorted_split
-        n = ordered.shape[-1]  # even: 2 * chains * half
-        median = (ordered[:, n // 2 - 1] + ordered[:, n // 2]) / 2
-        folded, _ = _rank_normalise((self.split - median[:, None, None]).abs())
+        folded = _folded_normal_scores(self._sorted_split, self._split_order, self.split.shape)
         tail = _rhat_of_split(folded)
         # max(bulk, tail) with Python's `max` semantics, as ArviZ: NaN in the bulk stays
         return torch.where(tail > bulk, tail, bulk)
@@ -262,16 +260,22 @@ class _Trace:
 
 
 # ---------------------------------------------------------------------------- building blocks
-def _rank_normalise(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _rank_normalise(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""$\Phi^{-1}((r - 3/8)/(N + 1/4))$ of the average ranks $r$ of each row's $N$ values.
 
     `v` is `(element, chain, draw)`; the ranks run over all chains and draws of one element.
-    Returns the normalised values shaped like `v` and each element's sorted values.
+    Returns the normalised values shaped like `v`, and each element's sorted values with their
+    positions in the flattened `v`.
     """
     flat = v.reshape(v.shape[0], -1)
-    n = flat.shape[-1]
     ordered, order = torch.sort(flat, dim=-1)
-    pos = torch.arange(n, device=v.device).expand_as(order)
+    return _normal_scores(ordered, order).reshape(v.shape), ordered, order
+
+
+def _normal_scores(ordered: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """The rank-normalised values from sorted rows `ordered` and their original positions."""
+    n = ordered.shape[-1]
+    pos = torch.arange(n, device=ordered.device).expand_as(order)
     new = ordered[:, 1:] != ordered[:, :-1]
     edge = torch.ones_like(new[:, :1])
     first = torch.cat((edge, new), dim=-1)  # the first of a run of ties
@@ -280,19 +284,44 @@ def _rank_normalise(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     stop = torch.where(last, pos, n - 1).flip(-1).cummin(dim=-1).values.flip(-1)
     ranks = (start + stop).to(torch.float64) / 2 + 1
     z_ordered = torch.special.ndtri((ranks - 0.375) / (n + 0.25))
-    z = torch.empty_like(flat).scatter_(-1, order, z_ordered)
-    return z.reshape(v.shape), ordered
+    return torch.empty_like(ordered).scatter_(-1, order, z_ordered)
+
+
+def _folded_normal_scores(
+    ordered: torch.Tensor, order: torch.Tensor, shape: torch.Size
+) -> torch.Tensor:
+    r"""The rank-normalised $|x - \operatorname{median}(x)|$ from the sorted values of $x$.
+
+    Over the sorted values the folded ones fall then rise, two sorted runs that a stable sort
+    merges far faster than it sorts arbitrary values.
+    """
+    n = ordered.shape[-1]  # even: 2 * chains * half
+    median = (ordered[:, n // 2 - 1] + ordered[:, n // 2]) / 2
+    folded, merge = torch.sort((ordered - median[:, None]).abs(), dim=-1, stable=True)
+    return _normal_scores(folded, order.gather(-1, merge)).reshape(shape)
+
+
+def _type7(n: int, p: float) -> tuple[int, float]:
+    """The 1-based order statistic $k$ and weight $\\gamma$ of R's type-7 `p` quantile of $n$
+    values (`scipy.stats.mstats.mquantiles` with `alphap = betap = 1`): linear interpolation
+    $(1 - \\gamma) x_{(k)} + \\gamma x_{(k+1)}$ around $(n - 1) p + 1$."""
+    aleph = n * p + (1.0 - p)
+    k = math.floor(min(max(aleph, 1.0), n - 1.0))
+    return k, min(max(aleph - k, 0.0), 1.0)
 
 
 def _quantile_type7(ordered: torch.Tensor, p: float) -> torch.Tensor:
-    """The `p` quantile of each row of sorted values, R's type 7 (`scipy.stats.mstats.mquantiles`
-    with `alphap = betap = 1`): linear interpolation between the order statistics around
-    $(n - 1) p$."""
-    n = ordered.shape[-1]
-    aleph = n * p + (1.0 - p)
-    k = math.floor(min(max(aleph, 1.0), n - 1.0))
-    gamma = min(max(aleph - k, 0.0), 1.0)
+    """The type-7 `p` quantile of each row of sorted values."""
+    k, gamma = _type7(ordered.shape[-1], p)
     return (1.0 - gamma) * ordered[:, k - 1] + gamma * ordered[:, k]
+
+
+def _quantile_type7_unsorted(flat: torch.Tensor, p: float) -> torch.Tensor:
+    """The type-7 `p` quantile of each row, from two selections (no full sort)."""
+    k, gamma = _type7(flat.shape[-1], p)
+    low = torch.kthvalue(flat, k, dim=-1).values
+    high = torch.kthvalue(flat, k + 1, dim=-1).values
+    return (1.0 - gamma) * low + gamma * high
 
 
 def _rhat_of_split(v: torch.Tensor) -> torch.Tensor:

@@ -178,18 +178,35 @@ def test_the_middle_draw_of_an_odd_trace_is_dropped():
 
 
 # ---------------------------------------------------------------------------- building blocks
-def test_ranks_average_ties_and_use_blom_offset():
-    g = torch.Generator().manual_seed(18)
-    v = torch.randint(0, 5, (3, 4, 7), generator=g).to(DT)
-    z, ordered = diag._rank_normalise(v)
-    flat = v.reshape(3, -1)
+def _direct_normal_scores(flat):
+    """Blom normal scores of average ranks, by counting (O(N^2))."""
     n = flat.shape[-1]
-    less = (flat[:, None, :] < flat[:, :, None]).sum(-1)
-    equal = (flat[:, None, :] == flat[:, :, None]).sum(-1)
-    ranks = less.to(DT) + (equal.to(DT) + 1) / 2  # average rank of a run of ties
-    expected = torch.special.ndtri((ranks - 3 / 8) / (n + 1 / 4))
-    torch.testing.assert_close(z.reshape(3, -1), expected, rtol=0.0, atol=1e-15)
+    less = (flat[:, None, :] < flat[:, :, None]).sum(-1).to(DT)
+    equal = (flat[:, None, :] == flat[:, :, None]).sum(-1).to(DT)
+    ranks = less + (equal + 1) / 2  # the average rank of a run of ties
+    return torch.special.ndtri((ranks - 3 / 8) / (n + 1 / 4))
+
+
+@pytest.mark.parametrize("values", ["ties", "continuous"])
+def test_ranks_average_ties_and_use_blom_offset(values):
+    g = torch.Generator().manual_seed(18)
+    if values == "ties":
+        v = torch.randint(0, 5, (3, 4, 8), generator=g).to(DT)
+    else:
+        v = torch.randn(3, 4, 8, generator=g, dtype=DT)
+    z, ordered, order = diag._rank_normalise(v)
+    flat = v.reshape(3, -1)
+    torch.testing.assert_close(z.reshape(3, -1), _direct_normal_scores(flat), rtol=0.0, atol=1e-15)
     torch.testing.assert_close(ordered, flat.sort(dim=-1).values, rtol=0.0, atol=0.0)
+    torch.testing.assert_close(flat.gather(-1, order), ordered, rtol=0.0, atol=0.0)
+    # the folded scores, from the sorted values, equal those of |x - median| ranked directly
+    folded = (flat - flat.quantile(0.5, dim=-1, keepdim=True)).abs()
+    torch.testing.assert_close(
+        diag._folded_normal_scores(ordered, order, v.shape).reshape(3, -1),
+        _direct_normal_scores(folded),
+        rtol=0.0,
+        atol=1e-15,
+    )
 
 
 @pytest.mark.parametrize("n", [2, 3, 7, 50, 97])
@@ -258,6 +275,9 @@ def test_tail_quantile_is_linear_interpolation(p):
     x = torch.randn(3, 37, generator=torch.Generator().manual_seed(20), dtype=DT).sort(-1).values
     expected = torch.quantile(x, p, dim=-1)  # "linear": R's type 7
     torch.testing.assert_close(diag._quantile_type7(x, p), expected, rtol=0.0, atol=1e-15)
+    shuffled = x[:, torch.randperm(37, generator=torch.Generator().manual_seed(21))]
+    unsorted = diag._quantile_type7_unsorted(shuffled, p)
+    torch.testing.assert_close(unsorted, expected, rtol=0.0, atol=1e-15)
 
 
 # ---------------------------------------------------------------------------- properties
