@@ -10,7 +10,10 @@ results these functions reproduce to rounding.
 Every function takes a trace shaped `(chain, draw, *element)` (the layout ArviZ uses) of any
 floating dtype, computes in float64 on the trace's device, reads nothing on the host, and returns
 a float64 tensor shaped `element`: each element (each coordinate of the recorded quantity) is
-diagnosed on its own.
+diagnosed on its own. Elements are processed in groups (about a quarter of them at a time), and
+the working memory stays within a few times the float64 size of the trace (about 4 times with
+several elements, up to about 8 times for a single one: the sorts, their indices, the normal
+scores).
 
 Conventions shared by all of them:
 
@@ -54,9 +57,9 @@ def ess(trace: torch.Tensor, kind: str = "bulk") -> torch.Tensor:
     (Vehtari et al. 2021, eq. 10). Geyer's initial positive sequence keeps the pairs
     $P_k = \hat\rho_{2k} + \hat\rho_{2k+1}$ while they are positive, the initial monotone
     sequence replaces them by their running minimum, and
-    $\hat\tau = -1 + 2 \sum_{k<K} P_k + \hat\rho_{2K}$ (the even term of the first rejected
-    pair enters when it is positive), floored at $1/\log_{10} N$ as ArviZ does;
-    $\mathrm{ESS} = N / \hat\tau$.
+    $\hat\tau = -1 + 2 \sum_{k<K} P_k + \hat\rho_{2K}$ (the even term of the pair after the
+    kept ones counts when it is positive or that pair is not negative), floored at
+    $1/\log_{10} N$ as ArviZ does; $\mathrm{ESS} = N / \hat\tau$.
 
     Args:
         trace: shaped `(chain, draw, *element)`, any floating dtype.
@@ -73,16 +76,7 @@ def ess(trace: torch.Tensor, kind: str = "bulk") -> torch.Tensor:
     """
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
-    t = _Trace(trace)
-    if t.too_short:
-        return t.nan()
-    if kind == "bulk":
-        out = t.ess_bulk()
-    elif kind == "tail":
-        out = t.ess_tail()
-    else:
-        out = t.ess_mean()
-    return t.finish(out)
+    return _diagnose(trace, ("ess_" + kind,))["ess_" + kind]
 
 
 def rhat(trace: torch.Tensor) -> torch.Tensor:
@@ -105,10 +99,7 @@ def rhat(trace: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: a trace with fewer than 2 dimensions.
     """
-    t = _Trace(trace)
-    if t.too_short or t.n_chains < 2:
-        return t.nan()
-    return t.finish(t.rhat())
+    return _diagnose(trace, ("rhat",))["rhat"]
 
 
 def mcse_mean(trace: torch.Tensor) -> torch.Tensor:
@@ -127,10 +118,7 @@ def mcse_mean(trace: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: a trace with fewer than 2 dimensions.
     """
-    t = _Trace(trace)
-    if t.too_short:
-        return t.nan()
-    return t.finish(t.mcse_mean())
+    return _diagnose(trace, ("mcse_mean",))["mcse_mean"]
 
 
 def summarise(traces: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -165,140 +153,142 @@ def summarise(traces: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.T
         >>> bool((summary["mixed"]["ess_bulk"] > 3000).all())
         True
     """
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    for name, trace in traces.items():
-        t = _Trace(trace)
-        if t.too_short:
-            nan = t.nan()
-            out[name] = {"ess_bulk": nan, "ess_tail": nan.clone(), "rhat": nan.clone()}
-            out[name]["mcse_mean"] = nan.clone()
-            continue
-        out[name] = {
-            "ess_bulk": t.finish(t.ess_bulk()),
-            "ess_tail": t.finish(t.ess_tail()),
-            "rhat": t.finish(t.rhat()) if t.n_chains >= 2 else t.nan(),
-            "mcse_mean": t.finish(t.mcse_mean()),
-        }
-    return out
+    return {name: _diagnose(trace, _SUMMARY) for name, trace in traces.items()}
 
 
 # ---------------------------------------------------------------------------- one trace
-class _Trace:
-    """A trace as float64 `(element, chain, draw)` with its split chains and cached sorts."""
+_SUMMARY = ("ess_bulk", "ess_tail", "rhat", "mcse_mean")
+# element groups hold at most this many values (or one element), bounding the working memory
+_GROUP_VALUES = 1 << 22
 
-    def __init__(self, trace: torch.Tensor):
-        if trace.dim() < 2:
-            raise ValueError(
-                f"a trace is shaped (chain, draw, *element), got shape {tuple(trace.shape)}"
-            )
-        self.element_shape = trace.shape[2:]
-        self.n_chains, self.n_draws = trace.shape[0], trace.shape[1]
-        self.device = trace.device
-        self.too_short = self.n_draws < _MIN_DRAWS or self.n_chains < 1
-        if self.too_short:
-            return
-        m = math.prod(self.element_shape)
-        x = trace.detach().reshape(self.n_chains, self.n_draws, m)
+
+def _diagnose(trace: torch.Tensor, wanted: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The `wanted` diagnostics of a trace, computed over groups of elements.
+
+    A group holds about a quarter of the elements (at most `_GROUP_VALUES` values, at least one
+    element), so the float64 copies and sorts of the work never hold more than a few times the
+    values of one group.
+    """
+    if trace.dim() < 2:
+        raise ValueError(
+            f"a trace is shaped (chain, draw, *element), got shape {tuple(trace.shape)}"
+        )
+    n_chains, n_draws, shape = trace.shape[0], trace.shape[1], trace.shape[2:]
+    if n_draws < _MIN_DRAWS or n_chains < 1:
+        nan = torch.full(shape, math.nan, dtype=torch.float64, device=trace.device)
+        return {key: nan.clone() for key in wanted}
+    m = math.prod(shape)
+    x = trace.detach().reshape(n_chains, n_draws, m)
+    group = max(1, min(-(-m // 4), _GROUP_VALUES // (n_chains * n_draws)))
+    parts = []
+    for lo in range(0, m, group):
         # (element, chain, draw): the draw axis last for the FFT and the chain means
-        self.x = x.permute(2, 0, 1).to(torch.float64).contiguous()
-        self.invalid = torch.isnan(self.x).flatten(1).any(-1)
-        half = self.n_draws // 2
-        if self.n_draws % 2 == 0:
-            self.split = self.x.reshape(m, 2 * self.n_chains, half)  # a view
+        chunk = x[:, :, lo : lo + group].permute(2, 0, 1).to(torch.float64).contiguous()
+        parts.append(_diagnose_group(chunk, wanted))
+    out = {}
+    for key in wanted:
+        values = torch.cat([part[key] for part in parts]) if len(parts) > 1 else parts[0][key]
+        out[key] = values.reshape(shape)
+    return out
+
+
+def _diagnose_group(x: torch.Tensor, wanted: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The `wanted` diagnostics of float64 chains `x` shaped `(element, chain, draw)`.
+
+    The order of the work frees each large intermediate as soon as it is used: the sorted split
+    values give the tail quantiles (when the split holds every draw), the bulk normal scores and,
+    merged into folded order, the tail normal scores.
+    """
+    n_elem, n_chains, n_draws = x.shape
+    out: dict[str, torch.Tensor] = {}
+    split = _split(x)
+    quantiles = None
+    want_rhat = "rhat" in wanted
+    if "ess_bulk" in wanted or want_rhat:
+        ordered, order = torch.sort(split.reshape(n_elem, -1), dim=-1)
+        if "ess_tail" in wanted and n_draws % 2 == 0:  # the split chains hold every draw
+            quantiles = [_quantile_type7(ordered, p) for p in _TAIL_PROBS]
+        z = _normal_scores(ordered, order).reshape(split.shape)
+        if want_rhat and n_chains < 2:  # as ArviZ: no R-hat from one chain
+            out["rhat"] = torch.full((n_elem,), math.nan, dtype=x.dtype, device=x.device)
+        elif want_rhat:
+            n = ordered.shape[-1]  # even: 2 * chains * half
+            median = (ordered[:, n // 2 - 1] + ordered[:, n // 2]) / 2
+            # over the sorted values the folded ones fall then rise: two sorted runs, which a
+            # stable sort merges far faster than it sorts arbitrary values
+            folded, merge = torch.sort((ordered - median[:, None]).abs(), dim=-1, stable=True)
+            del ordered
+            merge = order.gather(-1, merge)
+            del order
+            z_folded = _normal_scores(folded, merge).reshape(split.shape)
+            del folded, merge
+            bulk, tail = _rhat_of_split(z), _rhat_of_split(z_folded)
+            del z_folded
+            # max(bulk, tail) with Python's `max` semantics, as ArviZ: NaN in the bulk stays
+            out["rhat"] = torch.where(tail > bulk, tail, bulk)
         else:
-            self.split = torch.cat((self.x[..., :half], self.x[..., -half:]), dim=1)
-        self._z: torch.Tensor | None = None
-        self._sorted_split: torch.Tensor | None = None
-        self._split_order: torch.Tensor | None = None
+            del ordered, order
+        if "ess_bulk" in wanted:
+            out["ess_bulk"] = _ess_of_split(z)
+        del z
+    if "ess_tail" in wanted:
+        if quantiles is None:
+            quantiles = [_quantile_type7_unsorted(x.reshape(n_elem, -1), p) for p in _TAIL_PROBS]
+        low, high = (_ess_of_split(_split((x <= q[:, None, None]).to(x.dtype))) for q in quantiles)
+        # min(low, high) with Python's `min` semantics (the first unless the second is smaller)
+        out["ess_tail"] = torch.where(high < low, high, low)
+    if "ess_mean" in wanted or "mcse_mean" in wanted:
+        ess_mean = _ess_of_split(split)
+        if "ess_mean" in wanted:
+            out["ess_mean"] = ess_mean
+        if "mcse_mean" in wanted:
+            out["mcse_mean"] = x.reshape(n_elem, -1).std(dim=-1, correction=1) / ess_mean.sqrt()
+    invalid = torch.isnan(x).reshape(n_elem, -1).any(-1)
+    return {key: torch.where(invalid, math.nan, out[key]) for key in wanted}
 
-    def nan(self) -> torch.Tensor:
-        return torch.full(self.element_shape, math.nan, dtype=torch.float64, device=self.device)
 
-    def finish(self, values: torch.Tensor) -> torch.Tensor:
-        values = torch.where(self.invalid, torch.full_like(values, math.nan), values)
-        return values.reshape(self.element_shape)
-
-    def z_split(self) -> torch.Tensor:
-        if self._z is None:
-            self._z, self._sorted_split, self._split_order = _rank_normalise(self.split)
-        return self._z
-
-    def ess_bulk(self) -> torch.Tensor:
-        return _ess_of_split(self.z_split())
-
-    def ess_mean(self) -> torch.Tensor:
-        return _ess_of_split(self.split)
-
-    def ess_tail(self) -> torch.Tensor:
-        if self._sorted_split is not None and self.n_draws % 2 == 0:
-            # the split chains hold every draw
-            low, high = (_quantile_type7(self._sorted_split, p) for p in _TAIL_PROBS)
-        else:
-            low, high = (_quantile_type7_unsorted(self.x.flatten(1), p) for p in _TAIL_PROBS)
-        ess_low = _ess_of_split(self._split_of((self.x <= low[:, None, None]).to(torch.float64)))
-        ess_high = _ess_of_split(self._split_of((self.x <= high[:, None, None]).to(torch.float64)))
-        # min(ess_low, ess_high) with Python's `min` semantics (the first unless the second is
-        # smaller)
-        return torch.where(ess_high < ess_low, ess_high, ess_low)
-
-    def rhat(self) -> torch.Tensor:
-        bulk = _rhat_of_split(self.z_split())
-        folded = _folded_normal_scores(self._sorted_split, self._split_order, self.split.shape)
-        tail = _rhat_of_split(folded)
-        # max(bulk, tail) with Python's `max` semantics, as ArviZ: NaN in the bulk stays
-        return torch.where(tail > bulk, tail, bulk)
-
-    def mcse_mean(self) -> torch.Tensor:
-        sd = self.x.flatten(1).std(dim=-1, correction=1)
-        return sd / self.ess_mean().sqrt()
-
-    def _split_of(self, values: torch.Tensor) -> torch.Tensor:
-        half = self.n_draws // 2
-        if self.n_draws % 2 == 0:
-            return values.reshape(values.shape[0], 2 * self.n_chains, half)
-        return torch.cat((values[..., :half], values[..., -half:]), dim=1)
+def _split(x: torch.Tensor) -> torch.Tensor:
+    """Chains `(element, chain, draw)` cut into their first and last halves (the middle draw of
+    an odd count dropped): `(element, 2 chain, draw // 2)`, a view for an even count."""
+    n_elem, n_chains, n_draws = x.shape
+    half = n_draws // 2
+    if n_draws % 2 == 0:
+        return x.reshape(n_elem, 2 * n_chains, half)
+    return torch.cat((x[..., :half], x[..., -half:]), dim=1)
 
 
 # ---------------------------------------------------------------------------- building blocks
-def _rank_normalise(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    r"""$\Phi^{-1}((r - 3/8)/(N + 1/4))$ of the average ranks $r$ of each row's $N$ values.
-
-    `v` is `(element, chain, draw)`; the ranks run over all chains and draws of one element.
-    Returns the normalised values shaped like `v`, and each element's sorted values with their
-    positions in the flattened `v`.
-    """
-    flat = v.reshape(v.shape[0], -1)
-    ordered, order = torch.sort(flat, dim=-1)
-    return _normal_scores(ordered, order).reshape(v.shape), ordered, order
-
-
 def _normal_scores(ordered: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """The rank-normalised values from sorted rows `ordered` and their original positions."""
-    n = ordered.shape[-1]
-    pos = torch.arange(n, device=ordered.device).expand_as(order)
-    new = ordered[:, 1:] != ordered[:, :-1]
-    edge = torch.ones_like(new[:, :1])
-    first = torch.cat((edge, new), dim=-1)  # the first of a run of ties
-    last = torch.cat((new, edge), dim=-1)  # the last of a run of ties
-    start = torch.cummax(torch.where(first, pos, 0), dim=-1).values
-    stop = torch.where(last, pos, n - 1).flip(-1).cummin(dim=-1).values.flip(-1)
-    ranks = (start + stop).to(torch.float64) / 2 + 1
-    z_ordered = torch.special.ndtri((ranks - 0.375) / (n + 0.25))
-    return torch.empty_like(ordered).scatter_(-1, order, z_ordered)
+    r"""$\Phi^{-1}((r - 3/8)/(N + 1/4))$ of the average ranks $r$ of each row's $N$ values,
+    from the sorted rows `ordered` and their positions `order` in the unsorted rows.
 
-
-def _folded_normal_scores(
-    ordered: torch.Tensor, order: torch.Tensor, shape: torch.Size
-) -> torch.Tensor:
-    r"""The rank-normalised $|x - \operatorname{median}(x)|$ from the sorted values of $x$.
-
-    Over the sorted values the folded ones fall then rise, two sorted runs that a stable sort
-    merges far faster than it sorts arbitrary values.
+    A run of ties from sorted position $a$ to $b$ (0-based) has average rank $(a + b)/2 + 1$; the
+    run starts are running maxima of the positions where the value changes, forwards and then
+    backwards.
     """
-    n = ordered.shape[-1]  # even: 2 * chains * half
-    median = (ordered[:, n // 2 - 1] + ordered[:, n // 2]) / 2
-    folded, merge = torch.sort((ordered - median[:, None]).abs(), dim=-1, stable=True)
-    return _normal_scores(folded, order.gather(-1, merge)).reshape(shape)
+    n = ordered.shape[-1]
+    index = torch.int32 if n < 2**31 - 1 else torch.int64
+    pos = torch.arange(n, device=ordered.device, dtype=index).expand(ordered.shape)
+    tie = ordered[:, 1:] == ordered[:, :-1]
+    scratch = torch.empty(ordered.shape, dtype=torch.int64, device=ordered.device)
+    marks = pos.clone()
+    marks[:, 1:].masked_fill_(tie, 0)
+    start = torch.empty_like(marks)
+    torch.cummax(marks, dim=-1, out=(start, scratch))
+    marks.copy_(pos)  # the same in the reversed order
+    marks[:, 1:].masked_fill_(tie.flip(-1), 0)
+    del tie
+    stop_reversed = torch.empty_like(marks)
+    torch.cummax(marks, dim=-1, out=(stop_reversed, scratch))
+    del marks, scratch
+    ranks = start.to(torch.float64)
+    del start
+    ranks -= stop_reversed.flip(-1)  # stop = n - 1 - (run start in the reversed order)
+    del stop_reversed
+    ranks = ranks.add_(n + 1).div_(2).sub_(0.375).div_(n + 0.25)
+    z = torch.special.ndtri(ranks)
+    del ranks
+    return torch.empty_like(ordered).scatter_(-1, order, z)
 
 
 def _type7(n: int, p: float) -> tuple[int, float]:

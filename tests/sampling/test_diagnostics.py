@@ -179,7 +179,7 @@ def test_the_middle_draw_of_an_odd_trace_is_dropped():
 
 # ---------------------------------------------------------------------------- building blocks
 def _direct_normal_scores(flat):
-    """Blom normal scores of average ranks, by counting (O(N^2))."""
+    """Blom normal scores of average ranks of each row, by counting (O(N^2))."""
     n = flat.shape[-1]
     less = (flat[:, None, :] < flat[:, :, None]).sum(-1).to(DT)
     equal = (flat[:, None, :] == flat[:, :, None]).sum(-1).to(DT)
@@ -191,22 +191,39 @@ def _direct_normal_scores(flat):
 def test_ranks_average_ties_and_use_blom_offset(values):
     g = torch.Generator().manual_seed(18)
     if values == "ties":
-        v = torch.randint(0, 5, (3, 4, 8), generator=g).to(DT)
+        v = torch.randint(0, 5, (3, 32), generator=g).to(DT)
     else:
-        v = torch.randn(3, 4, 8, generator=g, dtype=DT)
-    z, ordered, order = diag._rank_normalise(v)
-    flat = v.reshape(3, -1)
-    torch.testing.assert_close(z.reshape(3, -1), _direct_normal_scores(flat), rtol=0.0, atol=1e-15)
-    torch.testing.assert_close(ordered, flat.sort(dim=-1).values, rtol=0.0, atol=0.0)
-    torch.testing.assert_close(flat.gather(-1, order), ordered, rtol=0.0, atol=0.0)
-    # the folded scores, from the sorted values, equal those of |x - median| ranked directly
+        v = torch.randn(3, 32, generator=g, dtype=DT)
+    ordered, order = v.sort(dim=-1)
+    z = diag._normal_scores(ordered, order)
+    torch.testing.assert_close(z, _direct_normal_scores(v), rtol=0.0, atol=1e-15)
+
+
+def _classic_rhat(v):
+    n = v.shape[-1]
+    b = n * v.mean(-1).var(dim=-1)
+    w = v.var(dim=-1).mean(-1)
+    return ((b / w + n - 1) / n).sqrt()
+
+
+@pytest.mark.parametrize("values", ["ties", "continuous"])
+def test_rank_normalised_rhat_and_bulk_ess_from_direct_ranks(values):
+    # R-hat = max(R-hat of the normal scores of the split chains, R-hat of those of the folded
+    # split chains |x - median|), the bulk ESS that of the normal scores; here with ranks counted
+    # directly, without ArviZ
+    g = torch.Generator().manual_seed(19)
+    trace = torch.randn(4, 21, 2, generator=g, dtype=DT)  # odd: the middle draw is dropped
+    trace[1] += 0.8
+    if values == "ties":
+        trace = torch.round(trace)
+    split = torch.cat((trace[:, :10], trace[:, 11:]), dim=0).permute(2, 0, 1)  # (2, 8, 10)
+    flat = split.reshape(2, -1)
+    z = _direct_normal_scores(flat).reshape(split.shape)
     folded = (flat - flat.quantile(0.5, dim=-1, keepdim=True)).abs()
-    torch.testing.assert_close(
-        diag._folded_normal_scores(ordered, order, v.shape).reshape(3, -1),
-        _direct_normal_scores(folded),
-        rtol=0.0,
-        atol=1e-15,
-    )
+    z_folded = _direct_normal_scores(folded).reshape(split.shape)
+    expected = torch.maximum(_classic_rhat(z), _classic_rhat(z_folded))
+    torch.testing.assert_close(rhat(trace), expected, rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(ess(trace, "bulk"), diag._ess_of_split(z), rtol=1e-12, atol=0.0)
 
 
 @pytest.mark.parametrize("n", [2, 3, 7, 50, 97])
