@@ -207,13 +207,17 @@ def _classic_rhat(v):
 
 
 @pytest.mark.parametrize("values", ["ties", "continuous"])
-def test_rank_normalised_rhat_and_bulk_ess_from_direct_ranks(values):
+@pytest.mark.parametrize("disagreement", ["location", "scale"])
+def test_rank_normalised_rhat_and_bulk_ess_from_direct_ranks(values, disagreement):
     # R-hat = max(R-hat of the normal scores of the split chains, R-hat of those of the folded
     # split chains |x - median|), the bulk ESS that of the normal scores; here with ranks counted
-    # directly, without ArviZ
+    # directly, without ArviZ. A shifted chain raises the bulk R-hat, a wider one the tail R-hat.
     g = torch.Generator().manual_seed(19)
     trace = torch.randn(4, 21, 2, generator=g, dtype=DT)  # odd: the middle draw is dropped
-    trace[1] += 0.8
+    if disagreement == "location":
+        trace[1] += 0.8
+    else:
+        trace[1] *= 4.0
     if values == "ties":
         trace = torch.round(trace)
     split = torch.cat((trace[:, :10], trace[:, 11:]), dim=0).permute(2, 0, 1)  # (2, 8, 10)
@@ -221,7 +225,9 @@ def test_rank_normalised_rhat_and_bulk_ess_from_direct_ranks(values):
     z = _direct_normal_scores(flat).reshape(split.shape)
     folded = (flat - flat.quantile(0.5, dim=-1, keepdim=True)).abs()
     z_folded = _direct_normal_scores(folded).reshape(split.shape)
-    expected = torch.maximum(_classic_rhat(z), _classic_rhat(z_folded))
+    bulk, tail = _classic_rhat(z), _classic_rhat(z_folded)
+    assert ((tail > bulk) == (disagreement == "scale")).all()
+    expected = torch.maximum(bulk, tail)
     torch.testing.assert_close(rhat(trace), expected, rtol=1e-12, atol=0.0)
     torch.testing.assert_close(ess(trace, "bulk"), diag._ess_of_split(z), rtol=1e-12, atol=0.0)
 
@@ -234,6 +240,25 @@ def test_mean_autocovariance_is_the_direct_sum(n):
         [(c[..., : n - t] * c[..., t:]).sum(-1).mean(-1) / n for t in range(n)], dim=-1
     )
     torch.testing.assert_close(diag._mean_autocovariance(v), direct, rtol=0.0, atol=1e-13)
+
+
+@pytest.mark.parametrize("chains", [1, 2, 5])
+def test_combined_autocorrelation_uses_within_and_between_chain_variance(chains):
+    # rho_t = 1 - (W - mean_m gamma_{m,t}) / var_plus, W the mean within-chain variance (divisor
+    # n - 1), var_plus = (n - 1)/n W + the variance of the chain means (Vehtari et al. eq. 10)
+    g = torch.Generator().manual_seed(chains)
+    v = torch.randn(2, chains, 9, generator=g, dtype=DT) + torch.randn(2, chains, 1, generator=g)
+    n = v.shape[-1]
+    c = v - v.mean(-1, keepdim=True)
+    acov = torch.stack([(c[..., : n - t] * c[..., t:]).sum(-1).mean(-1) / n for t in range(n)], -1)
+    w = v.var(dim=-1).mean(-1, keepdim=True)
+    var_plus = (n - 1) / n * w
+    if chains > 1:
+        var_plus = var_plus + v.mean(-1).var(dim=-1)[:, None]
+    expected = 1 - (w - acov) / var_plus
+    expected[:, 0] = 1.0
+    ours = diag._combined_autocorrelation(v, n)
+    torch.testing.assert_close(ours, expected, rtol=0.0, atol=1e-13)
 
 
 def test_fft_length_is_the_smallest_5_smooth_number():
@@ -297,6 +322,39 @@ def test_tail_quantile_is_linear_interpolation(p):
     torch.testing.assert_close(unsorted, expected, rtol=0.0, atol=1e-15)
 
 
+@pytest.mark.parametrize("draws", [200, 201])
+def test_tail_ess_and_mcse_from_their_definitions(draws):
+    # ESS tail = the smaller "mean" ESS of the indicators x <= q_0.05 and x <= q_0.95 (quantiles
+    # of all draws, the middle one of an odd count included); MCSE = sd / sqrt(ESS mean)
+    trace = _ar1(4, draws, 0.6, element=(2,), seed=26)
+    flat = trace.permute(2, 0, 1).reshape(2, -1)
+    per_q = [ess((trace <= flat.quantile(p, dim=-1)).to(DT), "mean") for p in (0.05, 0.95)]
+    torch.testing.assert_close(ess(trace, "tail"), torch.minimum(*per_q), rtol=1e-12, atol=0.0)
+    expected = flat.std(dim=-1) / ess(trace, "mean").sqrt()
+    torch.testing.assert_close(mcse_mean(trace), expected, rtol=1e-12, atol=0.0)
+
+
+_HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+def test_no_host_reads(monkeypatch):
+    # every way a tensor value reaches Python is patched to fail while the diagnostics run
+    def forbidden(name):
+        def read(*args, **kwargs):
+            raise AssertionError(f"Tensor.{name} read a value on the host")
+
+        return read
+
+    traces = {"ar1": _ar1(4, 101, 0.5, element=(3,), seed=27), "one chain": torch.randn(1, 50)}
+    traces["ar1"][0, 3, 1] = math.nan
+    for name in _HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, forbidden(name))
+    out = summarise(traces)
+    out["ar1"]["ess_mean"] = ess(traces["ar1"], "mean")
+    monkeypatch.undo()
+    assert out["ar1"]["ess_bulk"][1].isnan() and out["ar1"]["ess_mean"][0].isfinite()
+
+
 # ---------------------------------------------------------------------------- properties
 def test_iid_bulk_ess_is_the_number_of_draws():
     # For iid draws the lag-t autocorrelation estimates are about N(0, 1/N) and independent
@@ -311,6 +369,16 @@ def test_iid_bulk_ess_is_the_number_of_draws():
         ratio = ess(x, kind) / n
         assert ((ratio - 1).abs() < 5 * sd).all(), (kind, ratio)
         assert abs(ratio.mean() - 1) < 5 * sd / 4 + 1 / math.sqrt(n), (kind, ratio.mean())
+
+
+def test_chains_stuck_apart_have_few_effective_draws():
+    # one of 4 iid chains offset by 3 sd: the split chain means have variance about
+    # 9 * 0.214 = 1.9, so every rho_t is about 1 - 1/2.9 = 0.66 and ESS is a few draws per chain
+    # (without the between-chain variance it would stay near N = 4000)
+    x = torch.randn(4, 1000, 8, generator=torch.Generator().manual_seed(28), dtype=DT)
+    x[3] += 3.0
+    for kind in ("bulk", "mean", "tail"):
+        assert (ess(x, kind) < 0.05 * 4000).all(), kind
 
 
 @pytest.mark.parametrize("phi", [-0.3, 0.5, 0.9])
