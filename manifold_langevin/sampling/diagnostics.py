@@ -3,9 +3,10 @@ sizes, and the Monte Carlo standard error of the mean.
 
 The definitions follow Vehtari, Gelman, Simpson, Carpenter and Bürkner, *Rank-normalization,
 folding, and localization: an improved $\hat R$ for assessing convergence of MCMC*, Bayesian
-Analysis 16 (2021), with the effective sample size from Geyer's initial monotone sequence as
-Stan computes it, and the conventions of ArviZ (`arviz.ess`, `arviz.rhat`, `arviz.mcse`), whose
-results these functions reproduce to rounding.
+Analysis 16 (2021), with the effective sample size from the initial monotone sequence of Geyer
+(*Practical Markov chain Monte Carlo*, Statistical Science 7, 1992) as Stan computes it, and the
+conventions of ArviZ (`arviz.ess`, `arviz.rhat`, `arviz.mcse`), whose results these functions
+reproduce to rounding.
 
 Every function takes a trace shaped `(chain, draw, *element)` (the layout ArviZ uses) of any
 floating dtype, computes in float64 on the trace's device, reads nothing on the host, and returns
@@ -54,7 +55,7 @@ def ess(trace: torch.Tensor, kind: str = "bulk") -> torch.Tensor:
     variance and $\widehat{\mathrm{var}}^+ = \frac{n-1}{n} W + \mathrm{var}_m(\bar x_m)$, the
     combined autocorrelation is
     $\hat\rho_t = 1 - (W - \overline{\hat\gamma_{\cdot,t}}) / \widehat{\mathrm{var}}^+$
-    (Vehtari et al. 2021, eq. 10). Geyer's initial positive sequence keeps the pairs
+    (Vehtari et al. 2021). Geyer's initial positive sequence keeps the pairs
     $P_k = \hat\rho_{2k} + \hat\rho_{2k+1}$ while they are positive, the initial monotone
     sequence replaces them by their running minimum, and
     $\hat\tau = -1 + 2 \sum_{k<K} P_k + \hat\rho_{2K}$ (the even term of the pair after the
@@ -84,8 +85,8 @@ def rhat(trace: torch.Tensor) -> torch.Tensor:
 
     $\hat R = \max(\hat R_\text{bulk}, \hat R_\text{tail})$ where $\hat R_\text{bulk}$ is the
     classic $\hat R$ of the rank-normalised split chains and $\hat R_\text{tail}$ that of the
-    rank-normalised folded split chains $|x - \operatorname{median}(x)|$ (Vehtari et al. 2021,
-    section 4.2). For $M$ chains of $n$ draws, with $B = n\,\mathrm{var}_m(\bar z_m)$ and
+    rank-normalised folded split chains $|x - \operatorname{median}(x)|$ (Vehtari et al.
+    2021). For $M$ chains of $n$ draws, with $B = n\,\mathrm{var}_m(\bar z_m)$ and
     $W$ the mean within-chain variance, $\hat R = \sqrt{(B/W + n - 1)/n}$. Values above 1.01
     indicate that the chains have not mixed.
 
@@ -106,8 +107,8 @@ def mcse_mean(trace: torch.Tensor) -> torch.Tensor:
     r"""Monte Carlo standard error of the mean of every element of a trace.
 
     $\mathrm{sd}(x) / \sqrt{\mathrm{ESS}_\text{mean}}$, with the standard deviation (divisor
-    $N - 1$) of all draws of all chains and the `"mean"` effective sample size of [`ess`][
-    manifold_langevin.sampling.diagnostics.ess].
+    $N - 1$) of all draws of all chains and the `"mean"` effective sample size of
+    [`ess`][manifold_langevin.sampling.diagnostics.ess].
 
     Args:
         trace: shaped `(chain, draw, *element)`, any floating dtype.
@@ -133,8 +134,8 @@ def summarise(traces: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.T
     Returns:
         `name -> {"ess_bulk", "ess_tail", "rhat", "mcse_mean"}`, each a float64 tensor shaped
         like that trace's elements; see [`ess`][manifold_langevin.sampling.diagnostics.ess],
-        [`rhat`][manifold_langevin.sampling.diagnostics.rhat] and [`mcse_mean`][
-        manifold_langevin.sampling.diagnostics.mcse_mean].
+        [`rhat`][manifold_langevin.sampling.diagnostics.rhat] and
+        [`mcse_mean`][manifold_langevin.sampling.diagnostics.mcse_mean].
 
     Raises:
         ValueError: a trace with fewer than 2 dimensions.
@@ -203,15 +204,15 @@ def _diagnose_group(x: torch.Tensor, wanted: tuple[str, ...]) -> dict[str, torch
     out: dict[str, torch.Tensor] = {}
     split = _split(x)
     quantiles = None
-    want_rhat = "rhat" in wanted
+    want_rhat = "rhat" in wanted and n_chains >= 2  # as ArviZ: no R-hat from one chain
+    if "rhat" in wanted and not want_rhat:
+        out["rhat"] = torch.full((n_elem,), math.nan, dtype=x.dtype, device=x.device)
     if "ess_bulk" in wanted or want_rhat:
         ordered, order = torch.sort(split.reshape(n_elem, -1), dim=-1)
         if "ess_tail" in wanted and n_draws % 2 == 0:  # the split chains hold every draw
             quantiles = [_quantile_type7(ordered, p) for p in _TAIL_PROBS]
         z = _normal_scores(ordered, order).reshape(split.shape)
-        if want_rhat and n_chains < 2:  # as ArviZ: no R-hat from one chain
-            out["rhat"] = torch.full((n_elem,), math.nan, dtype=x.dtype, device=x.device)
-        elif want_rhat:
+        if want_rhat:
             n = ordered.shape[-1]  # even: 2 * chains * half
             median = (ordered[:, n // 2 - 1] + ordered[:, n // 2]) / 2
             # over the sorted values the folded ones fall then rise: two sorted runs, which a
@@ -370,7 +371,7 @@ def _ess_of_split(v: torch.Tensor) -> torch.Tensor:
 
 def _combined_autocorrelation(v: torch.Tensor, lags: int) -> torch.Tensor:
     r"""$\hat\rho_t = 1 - (W - \overline{\hat\gamma_{\cdot,t}}) / \widehat{\mathrm{var}}^+$
-    for $t <$ `lags` (Vehtari et al. 2021, eq. 10), with $\hat\rho_0 = 1$."""
+    for $t <$ `lags` (Vehtari et al. 2021), with $\hat\rho_0 = 1$."""
     n_chains, n = v.shape[1], v.shape[2]
     acov = _mean_autocovariance(v)[:, :lags]
     mean_var = acov[:, 0] * n / (n - 1.0)

@@ -245,7 +245,7 @@ def test_mean_autocovariance_is_the_direct_sum(n):
 @pytest.mark.parametrize("chains", [1, 2, 5])
 def test_combined_autocorrelation_uses_within_and_between_chain_variance(chains):
     # rho_t = 1 - (W - mean_m gamma_{m,t}) / var_plus, W the mean within-chain variance (divisor
-    # n - 1), var_plus = (n - 1)/n W + the variance of the chain means (Vehtari et al. eq. 10)
+    # n - 1), var_plus = (n - 1)/n W + the variance of the chain means (Vehtari et al. 2021)
     g = torch.Generator().manual_seed(chains)
     v = torch.randn(2, chains, 9, generator=g, dtype=DT) + torch.randn(2, chains, 1, generator=g)
     n = v.shape[-1]
@@ -337,7 +337,7 @@ def test_tail_ess_and_mcse_from_their_definitions(draws):
 _HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
 
 
-def test_no_host_reads(monkeypatch):
+def test_no_host_reads_and_the_trace_is_untouched(monkeypatch):
     # every way a tensor value reaches Python is patched to fail while the diagnostics run
     def forbidden(name):
         def read(*args, **kwargs):
@@ -347,12 +347,15 @@ def test_no_host_reads(monkeypatch):
 
     traces = {"ar1": _ar1(4, 101, 0.5, element=(3,), seed=27), "one chain": torch.randn(1, 50)}
     traces["ar1"][0, 3, 1] = math.nan
+    before = {k: v.clone() for k, v in traces.items()}
     for name in _HOST_READS:
         monkeypatch.setattr(torch.Tensor, name, forbidden(name))
     out = summarise(traces)
     out["ar1"]["ess_mean"] = ess(traces["ar1"], "mean")
     monkeypatch.undo()
     assert out["ar1"]["ess_bulk"][1].isnan() and out["ar1"]["ess_mean"][0].isfinite()
+    for k, v in traces.items():  # the traces are left as they were
+        torch.testing.assert_close(v, before[k], rtol=0.0, atol=0.0, equal_nan=True)
 
 
 # ---------------------------------------------------------------------------- properties
