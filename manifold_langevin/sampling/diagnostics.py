@@ -12,8 +12,8 @@ Every function takes a trace shaped `(chain, draw, *element)` (the layout ArviZ 
 floating dtype, computes in float64 on the trace's device, reads nothing on the host, and returns
 a float64 tensor shaped `element`: each element (each coordinate of the recorded quantity) is
 diagnosed on its own. Elements are processed in groups (about a quarter of them at a time), and
-the working memory stays within a few times the float64 size of the trace (about 4 times with
-several elements, up to about 8 times for a single one: the sorts, their indices, the normal
+the working memory stays within a few times the float64 size of the trace (measured: about 5
+times with three elements, about 8 times for a single one: the sorts, their indices, the normal
 scores).
 
 Conventions shared by all of them:
