@@ -12,6 +12,7 @@ from .errors import (
     OffManifoldError,
     RankDeficientError,
     ShakeError,
+    UntrustedRunError,
     UntrustedRunWarning,
 )
 from .integrators import State
@@ -46,6 +47,7 @@ __all__ = [
     "Sphere",
     "State",
     "Stiefel",
+    "UntrustedRunError",
     "UntrustedRunWarning",
     "__version__",
     "as_manifold",

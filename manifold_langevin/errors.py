@@ -8,6 +8,7 @@ __all__ = [
     "OffManifoldError",
     "RankDeficientError",
     "ShakeError",
+    "UntrustedRunError",
     "UntrustedRunWarning",
 ]
 
@@ -85,3 +86,18 @@ class UntrustedRunWarning(UserWarning):
     """A sampling run whose numbers should not be trusted as they are: too many failed or
     rejected steps, or diagnostics that say the chains have not mixed. The message names the
     measurement and the threshold."""
+
+
+class UntrustedRunError(RuntimeError):
+    """A sampling run in strict mode would have warned with
+    [`UntrustedRunWarning`][manifold_langevin.errors.UntrustedRunWarning]; the message is the
+    warning's.
+
+    Attributes:
+        result: the run's [`SampleResult`][manifold_langevin.sampling.SampleResult], for a look
+            at what went wrong.
+    """
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result

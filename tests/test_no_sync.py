@@ -239,6 +239,26 @@ def _sampler_cases():
             ml.HMC(ml.Stiefel(), potential=lambda x: -x[..., 0, 0], step_size=0.3, friction=1.0),
             st,
         ),
+        "sphere-hmc-adaptive": (
+            ml.HMC(
+                ml.Sphere(),
+                potential=lambda x: -z(x),
+                step_size=0.3,
+                n_leapfrog=3,
+                adapt_step_size=True,
+            ),
+            s2,
+        ),
+        "ellipse-ghmc-adaptive": (
+            ml.HMC(
+                ellipse,
+                potential=lambda x: x[..., 1],
+                step_size=0.01,
+                friction=1.0,
+                adapt_step_size=True,
+            ),
+            ellipse_x0,
+        ),
     }
 
 

@@ -1,7 +1,9 @@
 """Sampler throughput: chain-steps per second against the number of chains and the dimension.
 
 Each configuration runs ``ml.Langevin(...).sample(x0, n_steps, observables=...)`` (BAOAB,
-``h = 0.05``, ``gamma = 1``, ``tau = 1``, one observable averaged on the device, no thinning) and
+``h = 0.05``, ``gamma = 1``, ``tau = 1``, one observable averaged on the device, no thinning, no
+traces for the diagnostics: ``trace_draws=0``, whose one-off cost at the end of a run is a fixed
+cost per traced value, not a cost per step) and
 reports ``n_chains * n_steps / wall time`` (median of ``repeats`` runs timed with
 ``time.perf_counter``; on CUDA the run ends with the sampler's own final host read, which waits for
 the device). The number of steps is chosen so that one run does about ``work`` chain-steps times
@@ -121,7 +123,9 @@ def measure(
     x0 = make_x0(n_chains)
     obs = {"x0": lambda x: x[..., 0] if kind == "sphere" else x[..., 0, 0]}
     gen = torch.Generator(device=dev).manual_seed(seed)
-    kwargs = {"observables": obs, "generator": gen}
+    # the step's throughput: without the diagnostics' one-off cost at the end of a run (a
+    # fixed cost per traced value, see manifold_langevin.sampling.traces)
+    kwargs = {"observables": obs, "generator": gen, "trace_draws": 0}
     sampler.sample(x0, 2, **kwargs)  # warm-up (allocations, autograd)
     # (CUDA events on a GPU, perf_counter on CPU: the same clock as bench_optim)
     clock, times, outs = timer(dev), [], []

@@ -21,7 +21,7 @@ Cases (``n_leapfrog = 1``, full momentum refresh, float64, exact values from
 * ``ellipse_newton6``: the ellipse $x^2/4 + y^2 = 1$ with $U = y$ (``ellipse``). The normal line
   meets a convex curve in two points, one of them the start, so a converged backward solve
   returns to it; what the check rejects here are backward solves that do not converge in 6
-  iterations (they count as SHAKE failures, not as ``reverse_failed``).
+  iterations (counted in ``n_reverse_failed``, and in the SHAKE failures).
 
 Per case and step size ``h``: a classification of proposals drawn at stationarity (from the end
 states of the checked run): the fraction whose forward solve fails, whose backward solve fails,
@@ -140,7 +140,7 @@ def run_pair(problem, max_iter: int, h: float, cfg: dict, seed: int = 0) -> dict
                 generator=torch.Generator().manual_seed(seed + 1),
             )
         seconds = time.perf_counter() - start
-        total = cfg["n_steps"] * cfg["n_chains"]
+        total = (cfg["n_steps"] - cfg["burn_in"]) * cfg["n_chains"]  # the counts after burn-in
         obs = {}
         for k in problem.observables:
             est, se, exact = float(res.means[k]), float(res.stderrs[k]), problem.exact[k]

@@ -15,10 +15,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import NonFiniteError, ShakeError, UntrustedRunWarning
+from ..errors import NonFiniteError, ShakeError, UntrustedRunError, UntrustedRunWarning
 from ..integrators.base import State, chain_mask
-from .result import SampleResult
+from .adaptation import DualAveraging
+from .diagnostics import summarise
+from .result import SampleResult, extreme
 from .statistics import BatchMeans
+from .traces import TRACE_BYTES, TRACE_DRAWS, Traces
 
 __all__ = ["sample"]
 
@@ -44,6 +47,8 @@ def sample(
     strict: bool = False,
     progress: bool = False,
     check_every: int | None = None,
+    trace_draws: int = TRACE_DRAWS,
+    trace_bytes: int = TRACE_BYTES,
 ) -> SampleResult:
     """Run ``n_steps`` of ``dynamics`` from ``x0`` for every chain and average ``observables``.
 
@@ -62,10 +67,31 @@ def sample(
         p0: start momenta (projected onto the tangent space); default: drawn from the Gaussian.
         project: project an off-manifold ``x0`` instead of raising.
         strict: raise [`ShakeError`][manifold_langevin.errors.ShakeError] when any SHAKE solve fails
-            (the failed chains are frozen at their last good state) instead of rejecting the step.
+            (the failed chains are frozen at their last good state) instead of rejecting the step,
+            and [`UntrustedRunError`][manifold_langevin.errors.UntrustedRunError] instead of the
+            [`UntrustedRunWarning`][manifold_langevin.errors.UntrustedRunWarning] at the end.
         progress: show a tqdm progress bar.
         check_every: read the failure flags on the host every this many steps and raise early
             (one synchronisation each time); ``None`` reads them only at the end.
+        trace_draws: keep at most this many draws per chain of every observable on the device
+            (evenly thinned over the recorded steps) for the diagnostics (ESS, R-hat, MCSE;
+            ``SampleResult.traces``); ``0`` keeps none and skips the diagnostics.
+        trace_bytes: the memory bound of those traces: beyond it only the first chains that fit
+            are traced (see [`Traces`][manifold_langevin.sampling.traces.Traces]).
+
+    A run that should not be trusted as it is warns with
+    [`UntrustedRunWarning`][manifold_langevin.errors.UntrustedRunWarning], naming the
+    measurement and the threshold: more than 1% (``FAILURE_WARN``) of the steps of a Langevin
+    scheme failed, a Metropolis test accepted fewer than 10% (``ACCEPTANCE_WARN``) of the
+    proposals, an observable's rank-normalised split R-hat exceeds 1.01 (``RHAT_WARN``: the
+    chains disagree, not yet mixed or stuck in different modes), or its bulk or tail ESS is below
+    100 (``ESS_WARN``: too few effective samples for the errors themselves to be reliable).
+    These constants live in ``manifold_langevin.sampling.loop``.
+
+    With an [`HMC`][manifold_langevin.HMC] sampler built with ``adapt_step_size=True``, the
+    step is tuned during burn-in by dual averaging and then frozen
+    ([`DualAveraging`][manifold_langevin.sampling.adaptation.DualAveraging]); the step used
+    after burn-in is ``SampleResult.step_size``.
 
     Returns:
         A [`SampleResult`][].
@@ -75,11 +101,17 @@ def sample(
         NonFiniteError: the force or the state became NaN/Inf; ``.step`` is the first failing
             step and ``.state`` has the affected chains frozen just before it.
         ShakeError: in ``strict`` mode, a SHAKE solve failed.
+        UntrustedRunError: in ``strict`` mode, the run would have warned (``.result`` holds it).
     """
     n_steps = _int("n_steps", n_steps, 1)
     burn_in = _int("burn_in", burn_in, 0)
     thin = _int("thin", thin, 1)
     n_batches = _int("n_batches", n_batches, 1)
+    trace_draws = _int("trace_draws", trace_draws, 0)
+    trace_bytes = _int("trace_bytes", trace_bytes, 1)
+    adapt = bool(getattr(dynamics, "adapt_step_size", False))
+    if adapt and burn_in == 0:
+        raise ValueError("adapt_step_size needs burn_in > 0: the step is tuned during burn-in")
     if check_every is not None:
         check_every = _int("check_every", check_every, 1)
     if burn_in >= n_steps:
@@ -101,6 +133,20 @@ def sample(
         acc_dtype = torch.float64 if dev.type != "mps" else torch.float32
 
         stats = BatchMeans(observables, x, chains, n_batches, acc_dtype)
+        traces = Traces(
+            stats.evaluate(x), chains, n_rec, acc_dtype, max_draws=trace_draws,
+            max_bytes=trace_bytes,
+        )  # fmt: skip
+        adapter = (
+            DualAveraging(
+                dynamics.step_size,
+                dynamics.target_accept,
+                torch.empty((), dtype=acc_dtype, device=dev),
+            )
+            if adapt
+            else None
+        )
+        step_size = None
 
         alive = torch.ones(chains, dtype=torch.bool, device=dev)
         n_fail = torch.zeros((), dtype=torch.int64, device=dev)
@@ -113,7 +159,14 @@ def sample(
         metropolis = False
 
         for i in tqdm(range(n_steps), disable=not progress, desc="sampling", leave=False):
-            new, ok, finite = dynamics.step(state, generator)
+            if adapter is not None:
+                if i <= burn_in:  # tuned during burn-in, then frozen at the averaged step
+                    step_size = adapter.step_size if i < burn_in else adapter.final_step_size
+                new, ok, finite = dynamics.step(state, generator, step_size=step_size)
+                if i < burn_in:
+                    adapter.update(new.info["accept_prob"])
+            else:
+                new, ok, finite = dynamics.step(state, generator)
             failed = alive & ~ok
             bad = alive & ~finite
             n_fail += failed.sum()
@@ -122,12 +175,16 @@ def sample(
             moving = alive & (ok & finite if strict else finite)
             if new.info is not None:
                 metropolis = True
-                n_accepted += (alive & new.info["accepted"]).sum()
-                n_reverse += (alive & new.info["reverse_failed"]).sum()
+                if i >= burn_in:
+                    n_accepted += (alive & new.info["accepted"]).sum()
+                    n_reverse += (alive & new.info["reverse_failed"]).sum()
             state = _freeze(state, new, moving)
             alive = moving
             if i >= burn_in and (i - burn_in) % thin == 0:
-                stats.add(min((i - burn_in) // thin // batch_len, n_batches - 1), state.x)
+                r = (i - burn_in) // thin
+                values = stats.evaluate(state.x)
+                stats.add(min(r // batch_len, n_batches - 1), values)
+                traces.add(r, values)
                 res = dynamics.manifold.residual_norm(state.x)
                 max_res = torch.maximum(max_res, res.max().to(acc_dtype))
             if check_every is not None and (i + 1) % check_every == 0:
@@ -136,14 +193,15 @@ def sample(
         _raise_if_failed(dynamics, state, first_bad, first_fail, n_fail, strict)
         means, stderrs, batch_means = stats.finish()
         nf = int(n_fail)
-        total = n_steps * n_chains
         extra = {}
         if metropolis:
-            na = int(n_accepted)
-            extra = {"acceptance_rate": na / total, "n_rejected": total - na,
+            na, proposals = int(n_accepted), (n_steps - burn_in) * n_chains
+            extra = {"acceptance_rate": na / proposals, "n_rejected": proposals - na,
                      "n_reverse_failed": int(n_reverse)}  # fmt: skip
-        _warn_if_untrusted(nf / total, extra.get("acceptance_rate"), n_steps, n_chains)
-        return SampleResult(
+        if adapter is not None:
+            extra["step_size"] = float(adapter.final_step_size)
+        extra.update(_diagnostics(traces, n_chains))
+        result = SampleResult(
             means=means,
             stderrs=stderrs,
             max_residual=float(max_res),
@@ -155,6 +213,32 @@ def sample(
             batch_means=batch_means,
             **extra,
         )
+        problems = _untrusted(result)
+        if problems:
+            message = f"sampling run of {n_chains} chain(s) x {n_steps} steps: " + "; ".join(
+                problems
+            )
+            if strict:
+                raise UntrustedRunError(message, result=result)
+            warnings.warn(message, UntrustedRunWarning, stacklevel=_outside_the_package())
+        return result
+
+
+def _diagnostics(traces: Traces, n_chains: int) -> dict:
+    """ESS, R-hat and MCSE per observable from the traces, scaled to every chain when only the
+    first ``n_traced`` were traced (the chains are independent runs of one kernel: the effective
+    sample size is proportional to their number)."""
+    kept = traces.finish()
+    out = {"traces": kept, "trace_stride": traces.stride, "n_traced_chains": traces.n_traced}
+    if not kept:
+        return out
+    scale = n_chains / traces.n_traced
+    diag = summarise(kept)
+    out["ess_bulk"] = {k: d["ess_bulk"] * scale for k, d in diag.items()}
+    out["ess_tail"] = {k: d["ess_tail"] * scale for k, d in diag.items()}
+    out["rhat"] = {k: d["rhat"] for k, d in diag.items()}
+    out["mcse"] = {k: d["mcse_mean"] / math.sqrt(scale) for k, d in diag.items()}
+    return out
 
 
 def _freeze(old: State, new: State, moving: torch.Tensor) -> State:
@@ -174,11 +258,20 @@ FAILURE_WARN = 0.01
 ACCEPTANCE_WARN = 0.1
 
 
-def _warn_if_untrusted(failure_rate: float, acceptance: float | None, n_steps, n_chains) -> None:
-    """Warn (``UntrustedRunWarning``) about a run whose averages should not be trusted as they
-    are. A Metropolis-adjusted run's failed solves are rejections of an exact kernel (no bias):
-    for it only the acceptance rate counts."""
+#: a run warns when an observable's rank-normalised split R-hat exceeds this (Vehtari, Gelman,
+#: Simpson, Carpenter and Bürkner, Bayesian Analysis 16, 2021, recommend 1.01)
+RHAT_WARN = 1.01
+#: a run warns when an observable's bulk or tail ESS (all chains together) is below this: with
+#: fewer effective samples the standard errors are themselves too uncertain to rely on
+ESS_WARN = 100
+
+
+def _untrusted(result: SampleResult) -> list[str]:
+    """What is wrong with a run whose averages should not be trusted as they are (empty: nothing
+    found). A Metropolis-adjusted run's failed solves are rejections of an exact kernel (no
+    bias): for it only the acceptance rate counts."""
     problems = []
+    failure_rate, acceptance = result.failure_rate, result.acceptance_rate
     if failure_rate >= 1.0:
         problems.append("every chain-step failed: the chains never moved from their start")
     elif acceptance is None and failure_rate > FAILURE_WARN:
@@ -192,12 +285,29 @@ def _warn_if_untrusted(failure_rate: float, acceptance: float | None, n_steps, n
             f"the Metropolis test accepted {100 * acceptance:.3g}% of the proposals, fewer than "
             f"{100 * ACCEPTANCE_WARN:g}%: the averages rest on few moves; reduce step_size"
         )
-    if problems:
-        warnings.warn(
-            f"sampling run of {n_chains} chain(s) x {n_steps} steps: " + "; ".join(problems),
-            UntrustedRunWarning,
-            stacklevel=_outside_the_package(),
+    high = {k: extreme(r, max) for k, r in result.rhat.items()}
+    high = {k: v for k, v in high.items() if v > RHAT_WARN}
+    if high:
+        problems.append(
+            f"R-hat above {RHAT_WARN:g} for {_listing(high)}: the chains disagree (not yet "
+            "mixed, or in different modes); run longer or burn in more"
         )
+    low = {}
+    for kind, ess in (("bulk", result.ess_bulk), ("tail", result.ess_tail)):
+        for k, e in ess.items():
+            v = extreme(e, min)
+            if v < ESS_WARN:
+                low[f"{k} ({kind})"] = v
+    if low:
+        problems.append(
+            f"ESS below {ESS_WARN} for {_listing(low)}: too few effective samples for the "
+            "standard errors to be reliable; run longer"
+        )
+    return problems
+
+
+def _listing(values: dict[str, float]) -> str:
+    return ", ".join(f"{k!r} ({v:.4g})" for k, v in values.items())
 
 
 def _outside_the_package() -> int:

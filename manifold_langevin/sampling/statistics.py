@@ -58,11 +58,15 @@ class BatchMeans:
                 (n_batches, *tuple(v.shape)), dtype=dtype, device=x.device
             )
 
-    def add(self, batch: int, x: torch.Tensor) -> None:
-        """Add every observable at points ``x`` to batch ``batch``."""
+    def evaluate(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every observable at points ``x``, in the accumulation dtype."""
+        return {name: fn(x).to(self.dtype) for name, fn in self.observables.items()}
+
+    def add(self, batch: int, values: dict[str, torch.Tensor]) -> None:
+        """Add the observables' ``values`` (from [`evaluate`][]) to batch ``batch``."""
         self.counts[batch] += 1
-        for name, fn in self.observables.items():
-            self.sums[name][batch] += fn(x).to(self.dtype)
+        for name, v in values.items():
+            self.sums[name][batch] += v
 
     def finish(self) -> tuple[dict, dict, dict]:
         """``(means, stderrs, batch_means)`` per observable (see

@@ -336,6 +336,10 @@ def _measure(sampler, problem, rec, n_steps, burn_in, n_chains, n_batches, devic
             "error": est - exact,
             "z": (est - exact) / se if se > 0 else math.inf,
         }
+        if key in out.rhat:  # the ESS-based error and the mixing diagnostics, beside
+            entry["mcse"] = float(out.mcse[key])
+            entry["ess_bulk"] = float(out.ess_bulk[key])
+            entry["rhat"] = float(out.rhat[key])
         if problem.conditional is not None:
             cond = problem.conditional[key]
             entry["conditional"] = cond
