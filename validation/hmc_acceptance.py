@@ -32,25 +32,8 @@ the trace of $y$ is recorded by driving ``init``/``step``, and the bulk ESS of
 recorded steps (burn-in excluded). ``arviz`` is optional: without it this part is skipped and
 the JSON says so.
 
-Measured (``validation/results/hmc_acceptance.json``: 300 chains, 40 burn-in and 100 measured
-steps per grid point, 10 values of $c$ from 0.3 to 4; one CPU thread on a shared 2-core machine
-with a load average of 3-5, 9 minutes in all). The exponent of $h^*(d)$ over $d \ge 30$ depends
-on the target acceptance: geodesic $-0.194$ $[-0.195, -0.192]$, $-0.266$ $[-0.272, -0.261]$,
-$-0.304$ $[-0.311, -0.296]$ for 0.6, 0.75, 0.9; RATTLE $-0.233$ $[-0.240, -0.227]$, $-0.263$
-$[-0.267, -0.258]$, $-0.294$ $[-0.298, -0.290]$. The values bracket $-1/4$, but most intervals
-exclude it: they carry only the Monte Carlo error, while the acceptance curves are not smooth in
-$h$ (five leapfrog steps against frequencies in $[1, 2]$) and are interpolated between grid
-points a factor 1.33 apart, and $d \le 1000$ is not yet the limit. The energy-error fit gives
-$\beta = 0.484 \pm 0.048$, $\gamma = 2.15 \pm 0.10$ (geodesic) and $\beta = 0.490 \pm 0.049$,
-$\gamma = 2.29 \pm 0.11$ (RATTLE), so $h \propto d^{-0.225 \pm 0.019}$ and
-$d^{-0.214 \pm 0.017}$ at a fixed mean $|\Delta H|$. RATTLE needs steps 10-30% smaller than the
-geodesic for the same acceptance, at $d = 3$ (a sphere of radius $\sqrt 3$) as at $d = 1000$.
-ESS per second (load 4-5): 21, 103, 860, 4050, 13800 and 13800 for $1, 10, \dots, 10^5$ chains
-(medians of 3 repeats up to $10^3$ chains); the throughput saturates from $10^4$ chains (20 ms
-per step there, 200 ms at $10^5$). The ESS per chain-step is 0.026-0.028 from 100 chains on; the
-single chain's 0.10 (and the 10 chains' 0.04) overestimate it: 400 draws of one chain with an
-autocorrelation time near 37 steps do not show its slow drift, which the between-chain variance
-of many chains does.
+The measured numbers, with the machine load, are in the JSON and on the generated page
+``docs/exact-sampling-evidence.md`` (``python -m validation.report``).
 
 Run ``python -m validation.hmc_acceptance [--quick] [--out PATH]``; writes
 ``validation/results/hmc_acceptance.json`` after every measurement and ``hmc_acceptance.png``,

@@ -18,11 +18,14 @@ from a sphere by a plane, SO(3) and the rigid triatomic molecule of
    conditional value, and the record says which observables it misses the surface value by
    more than 4 standard errors on (those where the two values differ by more than 10).
 
-Standard errors are the samplers' batch-means errors (``SampleResult.stderrs``) over
-``n_chains x n_batches`` batch means (1000 chains, 500 recorded steps after 200 burn-in steps,
-5 batches of 100 steps). Each run's seed is derived from the base seed and the names of the
-problem and the run. The chains start from ``Problem.initial`` (exact points on the set, not
-the target), the same start for every run of a problem.
+Standard errors are the larger of two estimates of the same error: the samplers' batch-means
+errors (``SampleResult.stderrs``, over ``n_chains x n_batches`` batch means: 1000 chains, 500
+recorded steps after 200 burn-in steps, 5 batches of 100 steps) and the ESS-based Monte Carlo
+errors (``SampleResult.mcse``); batch means of 100 steps underestimate the error of chains that
+stick (many rejections), the ESS sees it. Both are in the JSON, with R-hat. Each run's seed is
+derived from the base seed and the names of the problem and the run. The chains start from
+``Problem.initial`` (exact points on the set, not the target), the same start for every run of
+a problem.
 
 Run ``python -m validation.hmc_exactness [--quick] [--problem NAME ...] [--out DIR]``; writes
 ``hmc_exactness.json`` (rewritten after every run) and ``hmc_exactness.png`` (z-scores per problem
@@ -137,8 +140,10 @@ def run_one(problem, sampler, label: str, setting: Setting, seed: int, condition
         "observables": {},
     }
     for key in problem.observables:
-        est, se = float(out.means[key]), float(out.stderrs[key])
-        o = {"estimate": est, "stderr": se, "exact": problem.exact[key]}
+        est, bm, mcse = float(out.means[key]), float(out.stderrs[key]), float(out.mcse[key])
+        se = max(bm, mcse)  # the larger of the two estimates of the same error
+        o = {"estimate": est, "stderr": se, "stderr_batch_means": bm, "mcse": mcse,
+             "rhat": float(out.rhat[key]), "exact": problem.exact[key]}  # fmt: skip
         o["z"] = (est - o["exact"]) / se
         if problem.conditional is not None:
             o["conditional"] = problem.conditional[key]
