@@ -15,11 +15,13 @@ the package: it works from any folder of an installed wheel.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
 import torch
 
+from ..sampling.loop import RHAT_WARN
 from ..testing import invariant_measure as im
 from ..testing import weak_order as wo
 from ..testing.output import DEFAULT_OUT, write_json
@@ -100,7 +102,20 @@ def _measure(args, out: Path) -> int:
     print(f"{len(records) - len(bad)} of {len(records)} runs consistent with the exact values"
           + (f"; inconsistent: {', '.join(bad)}" if bad else "")
           + f" ({meta['seconds']:.0f} s; {path} and {len(pngs)} PNG(s))", flush=True)  # fmt: skip
+    unmixed = [r for r in records if _max_rhat(r) > RHAT_WARN]
+    if unmixed:
+        print(f"note: {len(unmixed)} run(s) have an R-hat above {RHAT_WARN:g} (largest "
+              f"{max(_max_rhat(r) for r in unmixed):.3g}): their chains are short next to "
+              "their mixing time, so each chain alone has not forgotten its start; the check "
+              "judges the averages over all chains by the exact values (R-hat, ESS and the "
+              "ESS-based errors are in the JSON)", flush=True)  # fmt: skip
     return 0 if not bad else 1
+
+
+def _max_rhat(record: dict) -> float:
+    values = [o.get("rhat", math.nan) for o in record["observables"].values()]
+    finite = [v for v in values if math.isfinite(v)]
+    return max(finite, default=math.nan)
 
 
 def _order(args, out: Path) -> int:

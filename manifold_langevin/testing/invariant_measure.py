@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UntrustedRunWarning
 from ..integrators.schemes import SCHEMES as REGISTRY
 from ..sampling.loop import sample
 from ..sampling.samplers import Langevin, OverdampedLangevin
@@ -304,14 +306,19 @@ def _measure(sampler, problem, rec, n_steps, burn_in, n_chains, n_batches, devic
 
     gen = torch.Generator(device=device).manual_seed(seeds[1])
     t0 = time.perf_counter()
-    out = sampler.sample(
-        x0,
-        n_steps=n_steps,
-        burn_in=burn_in,
-        observables=observables,
-        generator=gen,
-        n_batches=n_batches,
-    )
+    with warnings.catch_warnings():
+        # this check judges a run by the exact values (and records R-hat and the ESS-based
+        # errors beside them); many short chains from spread starts have an R-hat above 1.01
+        # while their ensemble averages are what is checked
+        warnings.simplefilter("ignore", UntrustedRunWarning)
+        out = sampler.sample(
+            x0,
+            n_steps=n_steps,
+            burn_in=burn_in,
+            observables=observables,
+            generator=gen,
+            n_batches=n_batches,
+        )
     seconds = time.perf_counter() - t0
 
     rec.update({
