@@ -624,12 +624,15 @@ def performance(img: Path, docs: Path) -> None:
 
 
 def main(docs: Path = DOCS) -> int:
-    """Write the three pages into ``docs`` (and their figures into ``docs/img``)."""
+    """Write the pages into ``docs`` (and their figures into ``docs/img``)."""
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
     validation(img, docs)
     experiments(img, docs)
     performance(img, docs)
+    from validation.report_exact import exact_sampling  # it imports this module
+
+    exact_sampling(img, docs)
     return 0
 
 
