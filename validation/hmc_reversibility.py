@@ -223,6 +223,7 @@ def main(argv=None) -> dict:
             "quick": args.quick,
         },
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "load_start": list(os.getloadavg()),
         "cases": {},
     }

@@ -251,17 +251,6 @@ def _environment_line(env: dict, dtype: str) -> str:
     )
 
 
-def _environment_line(env: dict, dtype: str) -> str:
-    load = env.get("load_average")
-    load_text = f", load average {' / '.join(f'{v:.1f}' for v in load)}" if load else ""
-    extra = f", geoopt {env['geoopt']}" if "geoopt" in env else ""
-    return (
-        f"torch {env['torch']}{extra}, Python {env['python']}, {env['device']}, "
-        f"{env['threads']} thread(s) of {env.get('cpu_count', '?')} cores{load_text}, {dtype}; "
-        f"`{env['platform']}`"
-    )
-
-
 def _load_note(env: dict) -> str:
     """Whether the machine ran other jobs during the benchmark, read from its load average."""
     load = env.get("load_average")

@@ -168,11 +168,14 @@ def sample(
             else:
                 new, ok, finite = dynamics.step(state, generator)
             failed = alive & ~ok
-            bad = alive & ~finite
+            # a step whose SHAKE solve failed is rejected whatever its garbage holds; NaN/Inf
+            # counts only where the solves converged (a potential or force gone non-finite)
+            nonfinite = ok & ~finite
+            bad = alive & nonfinite
             n_fail += failed.sum()
             first_fail = torch.where((first_fail < 0) & failed.any(), i, first_fail)
             first_bad = torch.where((first_bad < 0) & bad.any(), i, first_bad)
-            moving = alive & (ok & finite if strict else finite)
+            moving = alive & (ok & finite if strict else ~nonfinite)
             if new.info is not None:
                 metropolis = True
                 if i >= burn_in:
