@@ -375,6 +375,7 @@ def main(argv=None) -> dict:
             "n_leapfrog": N_LEAPFROG,
             "targets": TARGETS,
             "fit_min_d": FIT_MIN_D,
+            "fit_min_acceptance": DH_FIT_MIN_ACCEPTANCE,
             "dtype": "float64",
             "seed": args.seed,
             "quick": args.quick,

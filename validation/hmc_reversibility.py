@@ -6,7 +6,7 @@ $\lambda = 0$. Where the normal line through $x + h p$ meets the set more than o
 from $(x', -p')$ back may land on a root other than $x$ (or not converge within its budget), and
 the leapfrog is then not an involution: the Metropolis test, which assumes one, no longer
 leaves the target invariant (Zappa, Holmes-Cerfon and Goodman, Comm. Pure Appl. Math. 71, 2018;
-Lelièvre, Rousset and Stoltz, Math. Comp. 88, 2019). With ``reverse_check=True`` (the default for
+Lelièvre, Rousset and Stoltz, Numer. Math. 143, 2019). With ``reverse_check=True`` (the default for
 RATTLE) such proposals are rejected.
 
 Cases (``n_leapfrog = 1``, full momentum refresh, float64, exact values from

@@ -520,6 +520,7 @@ def _acceptance() -> str:
         n_boot=st["n_boot"],
         targets=", ".join(f"{t:g}" for t in st["targets"]),
         min_d=st["fit_min_d"],
+        dh_min_acceptance=f"{st['fit_min_acceptance']:g}",
         scaling_table=_scaling_table(scaling, st["dims"], st["fit_min_d"]),
         energy_table=_energy_table(scaling),
         reading=_scaling_reading(scaling),

@@ -291,9 +291,17 @@ def _untrusted(result: SampleResult) -> list[str]:
     high = {k: extreme(r, max) for k, r in result.rhat.items()}
     high = {k: v for k, v in high.items() if v > RHAT_WARN}
     if high:
+        per_chain = min(extreme(result.ess_bulk[k], min) for k in high) / result.n_chains
+        hint = (
+            f"; each chain holds about {per_chain:.3g} effective draws, and R-hat stays above "
+            f"{RHAT_WARN:g} until each holds about 100 even for chains that started in the "
+            "target: more steps, not more chains"
+            if per_chain < 100
+            else ""
+        )
         problems.append(
             f"R-hat above {RHAT_WARN:g} for {_listing(high)}: the chains disagree (not yet "
-            "mixed, or in different modes); run longer or burn in more"
+            f"mixed, or in different modes); run longer or burn in more{hint}"
         )
     low = {}
     for kind, ess in (("bulk", result.ess_bulk), ("tail", result.ess_tail)):
