@@ -17,14 +17,19 @@ by default without a geodesic) on the ellipse (``m = 1, n = 2``), ``sphere_plane
 
 Run: ``python -m validation.bench_implicit`` (a few minutes), ``--quick`` for a smoke run
 (well under a minute). Writes ``validation/results/bench_implicit.json`` as it goes.
+``--profile`` instead profiles (cProfile) five steps of ``ml.HMC`` (step 0.8) and
+``ml.Langevin`` on the ellipse at 10, 1000 and 10^4 chains, before and after, and writes the
+costliest functions and the call counts per step to ``bench_implicit_profile.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import importlib.util
 import json
 import os
+import pstats
 import statistics
 import subprocess
 import sys
@@ -136,11 +141,63 @@ def sphere_g(x: torch.Tensor) -> torch.Tensor:
     return (x * x).sum(-1, keepdim=True) - 1
 
 
+def _profile_one(sampler, x0, steps: int = 5, top: int = 12) -> dict:
+    gen = torch.Generator().manual_seed(1)
+    state = sampler.init(x0.clone(), generator=gen)
+    with torch.no_grad():
+        for _ in range(2):
+            state = sampler.step(state, gen)[0]
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(steps):
+            state = sampler.step(state, gen)[0]
+        prof.disable()
+    stats = pstats.Stats(prof).stats
+    total = sum(v[2] for v in stats.values())
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    return {
+        "ms_per_step": 1e3 * total / steps,
+        "top_by_own_time": [
+            {
+                "function": f"{Path(k[0]).name}:{k[1]}({k[2]})",
+                "calls_per_step": v[1] / steps,
+                "own_ms_per_step": 1e3 * v[2] / steps,
+                "share": v[2] / total,
+            }
+            for k, v in rows
+        ],
+    }
+
+
+def profile(legacy, out: Path) -> dict:
+    """cProfile of single steps on the ellipse (where the time goes), before and after."""
+    prob = get_problem("ellipse")
+    result = {"environment": environment(torch.device("cpu")), "profiles": []}
+    variants = {"after": prob.make_manifold}
+    if legacy is not None:
+        variants["before"] = lambda: legacy(prob.constraint)
+    for kind in ("hmc", "langevin"):
+        for n in (10, 1000, 10_000):
+            x0 = prob.initial(n, torch.float64, "cpu", torch.Generator().manual_seed(0))
+            for label, make in variants.items():
+                s = make_sampler(kind, make(), prob.potential, "ellipse")
+                row = {"sampler": kind, "chains": n, "code": label}
+                row.update(_profile_one(s, x0))
+                result["profiles"].append(row)
+                out.write_text(json.dumps(result, indent=1))
+                head = ", ".join(
+                    f"{r['function']} {100 * r['share']:.0f}%" for r in row["top_by_own_time"][:4]
+                )
+                print(f"{kind:8s} n={n:6d} {label:6s}: {row['ms_per_step']:.2f} ms/step; {head}")
+    return result
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer chains and repetitions")
     parser.add_argument("--legacy-rev", default=LEGACY_REV, help="git revision of 'before'")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--profile", action="store_true", help="profile steps instead of timing")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     chains = (1, 100, 2000) if args.quick else (1, 100, 10_000)
@@ -150,6 +207,8 @@ def main(argv=None) -> dict:
     except (subprocess.CalledProcessError, OSError, KeyError) as err:
         print(f"no 'before' code ({err}); timing the current code only")
         legacy = None
+    if args.profile:
+        return profile(legacy, args.out.with_name("bench_implicit_profile.json"))
     result = {
         "environment": environment(torch.device("cpu")),
         "legacy_rev": args.legacy_rev if legacy is not None else None,

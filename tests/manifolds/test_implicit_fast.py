@@ -60,6 +60,20 @@ def test_small_solve_matches_lapack(dtype, m, batch, ill):
         ) + 64 * m * eps * float(rhs.abs().amax())
 
 
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="checked against MKL's LAPACK")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m", [1, 2])
+def test_closed_forms_give_lapacks_bits(dtype, m):
+    # the claim behind keeping the golden trajectories: the same operations in the same order
+    batch = 4 * mbase.LU2_MIN_BATCH
+    g = _gen(20)
+    mat = torch.randn(batch, m, m, generator=g, dtype=dtype)
+    mat[: batch // 4, -1] = mat[: batch // 4, 0] * (1 + 1e-4)  # nearly singular ones too
+    rhs = torch.randn(batch, m, 3, generator=g, dtype=dtype)
+    got, ref = mbase.small_solve(mat, rhs), torch.linalg.solve_ex(mat, rhs)[0]
+    assert torch.equal(got, ref)
+
+
 def test_closed_forms_keep_lapack_pivoting():
     # a 2 x 2 system whose first pivot is tiny: without the row swap the answer is garbage
     batch = mbase.LU2_MIN_BATCH
