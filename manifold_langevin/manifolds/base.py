@@ -22,6 +22,7 @@ final residual. Subclasses with closed forms (spheres, circles, Stiefel) overrid
 from __future__ import annotations
 
 import math
+import weakref
 
 import geoopt
 import torch
@@ -29,7 +30,16 @@ import torch
 from .._checks import check_int, check_positive
 from ..noise import standard_normal
 
-__all__ = ["ConstrainedManifold", "as_time", "default_tolerance", "event_sum"]
+__all__ = [
+    "LU2_MIN_BATCH",
+    "ConstrainedManifold",
+    "as_time",
+    "default_tolerance",
+    "event_sum",
+    "factor_solve",
+    "small_factor",
+    "small_solve",
+]
 
 _BASE_TOL = {
     torch.float64: 1e-12,
@@ -80,6 +90,130 @@ def event_sum(t: torch.Tensor, ndim: int, keepdim: bool = False) -> torch.Tensor
     return t.sum(dim=tuple(range(-ndim, 0)), keepdim=keepdim)
 
 
+LU2_MIN_BATCH = 1024
+"""From this many ``2 x 2`` systems on,
+`small_factor` solves them by elementwise
+operations; below, the per-kernel overhead of its dozen operations costs more than one batched
+LAPACK call (both give the same bits)."""
+
+
+def _lu_2(mat: torch.Tensor):
+    # LU with partial pivoting, written out: the same operations, in the same order, as
+    # LAPACK's getrf/getrs on a 2 x 2 matrix (the multiplier by a division, the two back
+    # substitutions by reciprocals), hence the same bits as torch.linalg.solve
+    a, b = mat[..., 0, 0], mat[..., 0, 1]
+    c, d = mat[..., 1, 0], mat[..., 1, 1]
+    swap = c.abs() > a.abs()
+    piv, low = torch.where(swap, c, a), torch.where(swap, a, c)
+    top, bot = torch.where(swap, d, b), torch.where(swap, b, d)
+    mult = low / piv
+    u22 = bot - mult * top
+    return ("lu2", swap, mult, top, torch.reciprocal(piv), torch.reciprocal(u22))
+
+
+def _solve_lu_2(factor, rhs: torch.Tensor) -> torch.Tensor:
+    _, swap, mult, top, r_piv, r_u22 = factor
+    r0, r1 = rhs[..., 0, :], rhs[..., 1, :]
+    sw = swap.unsqueeze(-1)
+    s0, s1 = torch.where(sw, r1, r0), torch.where(sw, r0, r1)
+    x1 = (s1 - mult.unsqueeze(-1) * s0) * r_u22.unsqueeze(-1)
+    x0 = (s0 - top.unsqueeze(-1) * x1) * r_piv.unsqueeze(-1)
+    return torch.stack([x0, x1], dim=-2)
+
+
+def small_factor(mat: torch.Tensor):
+    r"""A reusable factorisation of batched ``m x m`` matrices ``(..., m, m)`` for
+    `factor_solve`: every variant returns
+    bit for bit what `torch.linalg.solve_ex` returns (on the CPU kernels it was checked on),
+    only faster for tiny systems, whose cost in LAPACK is per-matrix overhead.
+
+    * ``m = 1``: the reciprocal; a solve is one product, which is what LAPACK's LU solve of a
+      $1 \times 1$ system computes;
+    * ``m = 2`` and at least `LU2_MIN_BATCH`
+      matrices: LU with partial pivoting written out in elementwise operations, in LAPACK's
+      order (the multiplier by a division, the back substitutions by reciprocals);
+    * otherwise the matrix itself, solved by `torch.linalg.solve_ex` each time (a closed-form
+      inverse for ``m = 3`` was measured slower than LAPACK at every batch size, and rounds
+      differently).
+
+    A singular matrix gives Inf/NaN (no error is raised, no host synchronisation)."""
+    m = mat.shape[-1]
+    if m == 1:
+        return torch.reciprocal(mat)
+    if m == 2 and mat.numel() >= 4 * LU2_MIN_BATCH:
+        return _lu_2(mat)
+    return ("mat", mat)
+
+
+def factor_solve(factor, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve with a `small_factor`: ``rhs``
+    is ``(..., m, k)``."""
+    if isinstance(factor, tuple):
+        if factor[0] == "lu2":
+            return _solve_lu_2(factor, rhs)
+        return torch.linalg.solve_ex(factor[1], rhs)[0]
+    return rhs * factor
+
+
+def _normal_combination(jac_t: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """``J^T lam`` for ``jac_t = J^T`` ``(..., N, m)`` and ``lam`` ``(..., m, 1)``: for ``m = 1``
+    a broadcast product (one rounding per entry, the bits of the batched matmul, at a third of
+    its cost for many tiny matrices)."""
+    if jac_t.shape[-1] == 1:
+        return jac_t * lam
+    return jac_t @ lam
+
+
+def small_solve(mat: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``mat^{-1} rhs`` for batched ``m x m`` systems (``rhs`` is ``(..., m, k)``), bit for bit
+    `torch.linalg.solve_ex`, by `small_factor`."""
+    return factor_solve(small_factor(mat), rhs)
+
+
+class _PointCache:
+    """The Jacobian (and the factorised Gram matrix) at the last point it was formed at.
+
+    The integrators call the projection at a point right after the RATTLE step that made it
+    (the velocity projection, then the next kick), and SHAKE from it next: one evaluation
+    serves them all. The entry is keyed on the tensor object itself (a weak reference) and its
+    version counter, so that any in-place change of the point (through the tensor, not through
+    ``.data``) or a new tensor at the same address misses. Never cached: inference tensors,
+    which keep no version counter, and a Jacobian that carries an autograd graph (a
+    differentiable user Jacobian under autograd), whose graph a backward pass may free."""
+
+    __slots__ = ("factor", "jac", "ref", "version")
+
+    def __init__(self):
+        self.ref = None
+
+    @staticmethod
+    def _version(x: torch.Tensor):
+        if x.is_inference():
+            return None
+        return x._version
+
+    def get(self, x: torch.Tensor):
+        if self.ref is not None and self.ref() is x and self._version(x) == self.version:
+            return self
+        return None
+
+    def put(self, x: torch.Tensor, jac: torch.Tensor):
+        """Keep ``jac`` for ``x``; returns the entry (``None`` if ``x`` cannot be cached)."""
+        version = self._version(x)
+        if version is None or jac.requires_grad:
+            self.clear()
+            return None
+        self.ref, self.version, self.jac, self.factor = weakref.ref(x), version, jac, None
+        return self
+
+    def clear(self) -> None:
+        self.ref = None
+        self.jac = self.factor = None
+
+    def __reduce__(self):  # a copy (or a pickle) starts empty: weak references do not travel
+        return (_PointCache, ())
+
+
 class ConstrainedManifold(geoopt.Manifold):
     r"""Base class: a level set ``g(x) = 0`` with the Euclidean metric.
 
@@ -123,6 +257,7 @@ class ConstrainedManifold(geoopt.Manifold):
         self.tol = None if tol is None else check_positive("tol", tol)
         self.max_iter = check_int("max_iter", max_iter)
         self.newton = bool(newton)
+        self._cache = _PointCache()
 
     # ------------------------------------------------------------------ constraint view
     def constraint(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,22 +271,51 @@ class ConstrainedManifold(geoopt.Manifold):
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(*x.shape[: x.dim() - self.ndim], -1)
 
+    def _value_and_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(g(x), J(x))`` together; subclasses whose Jacobian evaluation forms ``g`` anyway
+        (autodiff) override this to evaluate ``g`` once."""
+        return self.constraint(x), self.jacobian(x)
+
+    def _jacobian_at(self, x: torch.Tensor) -> torch.Tensor:
+        """``J(x)``, from the point cache when it was formed last at this very ``x``."""
+        hit = self._cache.get(x)
+        if hit is not None:
+            return hit.jac
+        jac = self.jacobian(x)
+        self._cache.put(x, jac)
+        return jac
+
     def jvp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``J(x) v``, shape ``(..., m)``."""
-        return (self.jacobian(x) @ self._flat(v).unsqueeze(-1)).squeeze(-1)
+        return (self._jacobian_at(x) @ self._flat(v).unsqueeze(-1)).squeeze(-1)
 
     def vjp(self, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """``J(x)^T lam``, shaped like ``x``."""
-        out = (self.jacobian(x).transpose(-1, -2) @ lam.unsqueeze(-1)).squeeze(-1)
+        out = (self._jacobian_at(x).transpose(-1, -2) @ lam.unsqueeze(-1)).squeeze(-1)
         return out.reshape(x.shape)
 
     def proju(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Tangent (RATTLE) projection ``u - J^T (J J^T)^{-1} J u``."""
-        jac = self.jacobian(x)
+        """Tangent (RATTLE) projection ``u - J^T (J J^T)^{-1} J u``.
+
+        The Gram system is solved by
+        `small_factor`; at the point the
+        Jacobian was last formed at (the point a RATTLE step returned, say), the Jacobian and the
+        factorised Gram matrix are reused (the velocity projection and the next kick share
+        them)."""
+        hit = self._cache.get(x)
+        if hit is None:
+            jac = self.jacobian(x)
+            hit = self._cache.put(x, jac)
+        else:
+            jac = hit.jac
+        factor = None if hit is None else hit.factor
+        if factor is None:
+            factor = small_factor(jac @ jac.transpose(-1, -2))
+            if hit is not None:
+                hit.factor = factor
         uf = self._flat(u).unsqueeze(-1)
-        gram = jac @ jac.transpose(-1, -2)
-        lam = torch.linalg.solve_ex(gram, jac @ uf)[0]
-        return (uf - jac.transpose(-1, -2) @ lam).squeeze(-1).reshape(u.shape)
+        lam = factor_solve(factor, jac @ uf)
+        return (uf - _normal_combination(jac.transpose(-1, -2), lam)).squeeze(-1).reshape(u.shape)
 
     def log_det_gram(self, x: torch.Tensor) -> torch.Tensor:
         r"""$\log\det(J(x) J(x)^\top)$ per chain, differentiable in ``x``: the Fixman term of the
@@ -206,19 +370,34 @@ class ConstrainedManifold(geoopt.Manifold):
             residual is finite and at most [`tolerance`][]. Where it is ``False`` the returned
             point is garbage (possibly NaN) and must be discarded by the caller.
         """
+        return self._shake(x, x_tilde, max_iter, keep_jacobian=False)
+
+    def _shake(
+        self, x: torch.Tensor, x_tilde: torch.Tensor, max_iter: int | None, keep_jacobian: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[`shake`][]; with ``keep_jacobian`` the Jacobian at the new point is formed together
+        with its residual and kept in the point cache (for the projection that follows)."""
         iters = self.max_iter if max_iter is None else max_iter
-        jac0_t = self.jacobian(x).transpose(-1, -2)  # (..., N, m)
+        jac0_t = self._jacobian_at(x).transpose(-1, -2)  # (..., N, m)
         xt = self._flat(x_tilde)
         lam = torch.zeros(*jac0_t.shape[:-2], jac0_t.shape[-1], 1, dtype=x.dtype, device=x.device)
-        mat = None
+        factor = None
         for _ in range(iters):
-            yr = (xt + (jac0_t @ lam).squeeze(-1)).reshape(x.shape)
-            g = self.constraint(yr).unsqueeze(-1)
-            if mat is None or self.newton:
-                mat = self.jacobian(yr) @ jac0_t
-            lam = lam - torch.linalg.solve_ex(mat, g)[0]
-        x_new = (xt + (jac0_t @ lam).squeeze(-1)).reshape(x.shape)
-        res = self.residual_norm(x_new)
+            yr = (xt + _normal_combination(jac0_t, lam).squeeze(-1)).reshape(x.shape)
+            if factor is None or self.newton:
+                g, jac = self._value_and_jacobian(yr)
+                factor = small_factor(jac @ jac0_t)
+                step = factor_solve(factor, g.unsqueeze(-1))
+            else:
+                step = factor_solve(factor, self.constraint(yr).unsqueeze(-1))
+            lam = lam - step
+        x_new = (xt + _normal_combination(jac0_t, lam).squeeze(-1)).reshape(x.shape)
+        if keep_jacobian and type(self).residual_norm is ConstrainedManifold.residual_norm:
+            g_new, jac_new = self._value_and_jacobian(x_new)
+            self._cache.put(x_new, jac_new)
+            res = g_new.abs().amax(dim=-1)
+        else:
+            res = self.residual_norm(x_new)
         converged = torch.isfinite(res) & (res <= self.tolerance(x))
         return x_new, converged
 
@@ -254,7 +433,10 @@ class ConstrainedManifold(geoopt.Manifold):
         Returns:
             ``(x', p', converged)`` as [`shake`][] returns them.
         """
-        x_new, ok = self.shake(x, x + dt * p, max_iter=max_iter)
+        if type(self).shake is ConstrainedManifold.shake:
+            x_new, ok = self._shake(x, x + dt * p, max_iter, keep_jacobian=True)
+        else:
+            x_new, ok = self.shake(x, x + dt * p, max_iter=max_iter)
         p_new = (x_new - x) / dt
         if project:
             p_new = self.proju(x_new, p_new)

@@ -1,7 +1,8 @@
-"""Any user constraint ``g(x) = 0``, with Jacobians from autograd."""
+"""Any user constraint ``g(x) = 0``, with Jacobians from autograd (or from the user)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -9,6 +10,10 @@ import torch
 from .base import ConstrainedManifold
 
 __all__ = ["ImplicitManifold"]
+
+BATCHED_ROWS_MAX_CHAINS = 2048
+"""Up to this many chains the ``m >= 3`` rows of an autodiff Jacobian come from one batched
+reverse pass; beyond, ``m`` plain passes were measured as fast or faster."""
 
 
 class ImplicitManifold(ConstrainedManifold):
@@ -28,12 +33,31 @@ class ImplicitManifold(ConstrainedManifold):
     (or quasi-Newton with ``J(x) J(x)^T`` frozen, ``newton=False``) for a fixed ``max_iter`` without
     host synchronisation; a chain converged when ``max_i |g_i| <= tol`` at the end.
 
+    Cost: each Newton iterate evaluates ``g`` once and its Jacobian by reverse passes: one for
+    ``m = 1``, ``m`` passes seeded with the unit vectors, or for ``m >= 3`` and up to
+    `BATCHED_ROWS_MAX_CHAINS` chains one batched pass over the ``m`` rows (``is_grads_batched``:
+    the backward of ``g`` then runs under vmap, and if that fails once the rows come from ``m``
+    separate passes from then on).
+    The ``m x m`` systems are solved by
+    `small_factor` (a reciprocal for ``m = 1``),
+    bit for bit as by LAPACK. The Jacobian at the point a RATTLE step returns is formed with its
+    residual and reused by the projections and the next SHAKE solve from that point. A hand-written
+    ``jacobian`` replaces autodiff altogether, often the larger saving for many chains (check
+    it once with [`check_jacobian`][manifold_langevin.ImplicitManifold.check_jacobian]).
+
     Args:
         g: the constraint function.
         tol: absolute tolerance on ``max_i |g_i(x)|`` (default by dtype: 1e-12 in float64, about
             1e-6 in float32).
         max_iter: Newton iterations per solve.
         newton: Newton (default) or quasi-Newton iterations.
+        jacobian: optional ``Dg``: a callable mapping points ``(..., n)`` to ``(..., m, n)``
+            (``(..., 1, n)`` or ``(..., n)`` for a scalar constraint), row by row like ``g``.
+            It is trusted as given;
+            [`check_jacobian`][manifold_langevin.ImplicitManifold.check_jacobian] compares it
+            with autodiff at points of your choice. For the Fixman term
+            ([`log_det_gram`][manifold_langevin.ImplicitManifold.log_det_gram], ``measure=
+            "conditional"``) it must itself be written in differentiable torch operations.
 
     Examples:
         >>> ellipse = ImplicitManifold(lambda x: x[..., :1] ** 2 / 4 + x[..., 1:] ** 2 - 1)
@@ -52,11 +76,17 @@ class ImplicitManifold(ConstrainedManifold):
         tol: float | None = None,
         max_iter: int = 6,
         newton: bool = True,
+        jacobian: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         super().__init__(tol=tol, max_iter=max_iter, newton=newton)
         if not callable(g):
             raise TypeError(f"g must be callable, got {type(g).__name__}")
+        if jacobian is not None and not callable(jacobian):
+            raise TypeError(f"jacobian must be callable or None, got {type(jacobian).__name__}")
         self.g = g
+        self.user_jacobian = jacobian
+        # cleared for good the first time g cannot be differentiated under vmap
+        self._batched_rows = True
 
     def extra_repr(self) -> str:
         return getattr(self.g, "__name__", "g")
@@ -77,24 +107,111 @@ class ImplicitManifold(ConstrainedManifold):
     def jacobian(self, x: torch.Tensor, *, create_graph: bool = False) -> torch.Tensor:
         """``Dg(x)``, shape ``(..., m, n)``; ``create_graph=True`` keeps it differentiable in
         ``x`` (for the gradient of the Fixman term [`log_det_gram`][])."""
+        if self.user_jacobian is not None:
+            return self._user_jacobian(x)
+        return self._autodiff(x, create_graph)[1]
+
+    def _value_and_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.user_jacobian is not None:
+            g = self.constraint(x)
+            return g, self._user_jacobian(x, g.shape[-1])
+        g, jac = self._autodiff(x, False)
+        return g.detach(), jac
+
+    def _user_jacobian(self, x: torch.Tensor, m: int | None = None) -> torch.Tensor:
+        """The user's ``Dg(x)`` as ``(..., m, n)`` (shape checks on Python ints only)."""
+        jac = self.user_jacobian(x)
+        if not isinstance(jac, torch.Tensor):
+            raise TypeError(f"jacobian must return a tensor (..., m, n), got {type(jac).__name__}")
+        if jac.dim() == x.dim() and (m is None or m == 1):
+            jac = jac.unsqueeze(-2)  # a scalar constraint's gradient (..., n)
+        rows = jac.shape[-2] if m is None and jac.dim() == x.dim() + 1 else m
+        if jac.shape != (*x.shape[:-1], rows, x.shape[-1]):
+            raise ValueError(
+                f"jacobian must map (..., n) to (..., m, n) with m the number of constraints; "
+                f"for input {tuple(x.shape)} it returned {tuple(jac.shape)}"
+                + ("" if m is None else f" (g returned m = {m})")
+            )
+        return jac
+
+    def _autodiff(self, x: torch.Tensor, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(g(x), Dg(x))`` from one evaluation of ``g``."""
         # g acts row by row, so row i of every chain's Jacobian is the gradient of sum_chains g_i:
-        # m reverse passes, cheaper than torch.func's vmap(jacrev) for the small m of constraints
+        # one reverse pass per row, or all m at once with is_grads_batched (vmap over the
+        # backward pass), both far cheaper than torch.func's vmap(jacrev) for small m
         with torch.enable_grad():
             xg = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
             out = self.constraint(xg)
             m = out.shape[-1]
             if not out.requires_grad:
                 raise ValueError("g does not depend on x through torch operations")
+            # for m >= 3, one batched pass is cheaper up to a few thousand chains (measured;
+            # for m = 2 the two passes are as fast)
+            if m > 2 and self._batched_rows and out.numel() <= m * BATCHED_ROWS_MAX_CHAINS:
+                eye = torch.eye(m, dtype=out.dtype, device=out.device)
+                seeds = eye.reshape(m, *(1,) * (out.dim() - 1), m).expand(m, *out.shape)
+                try:
+                    (grads,) = torch.autograd.grad(
+                        out,
+                        xg,
+                        seeds,
+                        retain_graph=create_graph,
+                        create_graph=create_graph,
+                        is_grads_batched=True,
+                    )
+                    return out, grads.movedim(0, -2)
+                except (RuntimeError, NotImplementedError):
+                    self._batched_rows = False  # some op of g has no batching rule
+            # the seed of row i is the one-hot e_i in every chain: what the backward of
+            # out[..., i].sum() would feed g's graph, without the select and sum nodes
+            if m == 1:
+                (grad,) = torch.autograd.grad(
+                    out,
+                    xg,
+                    torch.ones_like(out),
+                    retain_graph=create_graph,
+                    create_graph=create_graph,
+                )
+                return out, grad.unsqueeze(-2)
+            eye = torch.eye(m, dtype=out.dtype, device=out.device)
             rows = [
                 torch.autograd.grad(
-                    out[..., i].sum(),
+                    out,
                     xg,
+                    eye[i].expand(out.shape),
                     retain_graph=create_graph or i < m - 1,
                     create_graph=create_graph,
                 )[0]
                 for i in range(m)
             ]
-        return torch.stack(rows, dim=-2)
+        return out, torch.stack(rows, dim=-2)
+
+    def check_jacobian(
+        self, x: torch.Tensor, *, rtol: float = 1e-6, atol: float | None = None
+    ) -> float:
+        """Compare the user's ``jacobian`` with autodiff of ``g`` at the points ``x``.
+
+        A setup check (it reads the result on the host): raises ``ValueError`` naming the worst
+        entry if some entry differs by more than ``atol + rtol |J|`` (``atol`` defaults to
+        ``rtol`` times the largest autodiff entry). Returns the largest absolute difference.
+        Without a user ``jacobian`` there is nothing to check (returns 0.0).
+        """
+        if self.user_jacobian is None:
+            return 0.0
+        auto = self._autodiff(x, False)[1]
+        user = self.jacobian(x).detach()
+        diff = (user - auto).abs()
+        scale = float(auto.abs().amax()) if auto.numel() else 0.0
+        limit = (rtol * scale if atol is None else atol) + rtol * auto.abs()
+        bad = diff > limit
+        if bool(bad.any()) or not bool(torch.isfinite(user).all()):
+            worst = float(torch.nan_to_num(diff, nan=math.inf).amax())
+            raise ValueError(
+                f"the user jacobian differs from autodiff of g by up to {worst:.3g} at the given "
+                f"points (tolerance {rtol:g} relative); check its rows (one per constraint) and "
+                "columns (one per coordinate)"
+            )
+        return float(diff.amax()) if diff.numel() else 0.0
 
     def log_det_gram(self, x: torch.Tensor) -> torch.Tensor:
         """``log det(J J^T)`` per chain, differentiable in ``x`` (autodiff through the

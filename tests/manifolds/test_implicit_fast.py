@@ -1,0 +1,320 @@
+"""The fast paths of ``ImplicitManifold`` and the generic SHAKE: small closed-form solves, the
+Jacobian variants (one pass, seeded rows, batched rows and their fallback, a user Jacobian) and
+the point cache. Each must agree with the plain computation it replaces."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+import manifold_langevin as ml
+from manifold_langevin.manifolds import base as mbase
+from manifold_langevin.manifolds import implicit as mimpl
+from manifold_langevin.testing import get_problem
+
+DT = torch.float64
+DTYPES = (torch.float64, torch.float32)
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# ------------------------------------------------------------------ small solves
+def _gram(batch, m, cond, dtype, seed=0):
+    """Symmetric positive definite ``m x m`` matrices with condition number ``cond`` (random
+    eigenvectors), and a non-symmetric companion ``A`` with the same singular values."""
+    g = _gen(seed)
+    q1 = torch.linalg.qr(torch.randn(batch, m, m, generator=g, dtype=DT))[0]
+    q2 = torch.linalg.qr(torch.randn(batch, m, m, generator=g, dtype=DT))[0]
+    s = torch.logspace(0, -math.log10(cond), m, dtype=DT) if m > 1 else torch.ones(1, dtype=DT)
+    scale = torch.exp(torch.randn(batch, 1, 1, generator=g, dtype=DT))  # magnitudes vary
+    spd = scale * (q1 * s) @ q1.mT
+    gen = scale * (q1 * s) @ q2.mT
+    return spd.to(dtype), gen.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m", [1, 2, 3, 5])
+@pytest.mark.parametrize("batch", [7, mbase.LU2_MIN_BATCH + 3])
+@pytest.mark.parametrize("ill", [False, True], ids=["well", "ill"])
+def test_small_solve_matches_lapack(dtype, m, batch, ill):
+    eps = torch.finfo(dtype).eps
+    cond = (1e-2 / eps if ill else 10.0) if m > 1 else 1.0
+    rhs = torch.randn(batch, m, 2, generator=_gen(1), dtype=DT).to(dtype)
+    for mat in _gram(batch, m, cond, dtype):
+        ref = torch.linalg.solve_ex(mat, rhs)[0]
+        fac = mbase.small_factor(mat)
+        for got in (mbase.small_solve(mat, rhs), mbase.factor_solve(fac, rhs)):
+            assert got.shape == ref.shape and got.dtype == dtype
+            # two backward-stable solves agree to (condition number) x eps relative to |x|
+            err = (got - ref).abs().amax(dim=(-2, -1)) / ref.abs().amax(dim=(-2, -1))
+            assert float(err.max()) <= 64 * m * cond * eps
+        # and the answer solves the system
+        resid = (mat @ mbase.factor_solve(fac, rhs) - rhs).abs().amax()
+        assert float(resid) <= 64 * m * eps * float(mat.abs().amax()) * float(
+            mbase.factor_solve(fac, rhs).abs().amax()
+        ) + 64 * m * eps * float(rhs.abs().amax())
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="checked against MKL's LAPACK")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m", [1, 2])
+def test_closed_forms_give_lapacks_bits(dtype, m):
+    # the claim behind keeping the golden trajectories: the same operations in the same order
+    batch = 4 * mbase.LU2_MIN_BATCH
+    g = _gen(20)
+    mat = torch.randn(batch, m, m, generator=g, dtype=dtype)
+    mat[: batch // 4, -1] = mat[: batch // 4, 0] * (1 + 1e-4)  # nearly singular ones too
+    rhs = torch.randn(batch, m, 3, generator=g, dtype=dtype)
+    got, ref = mbase.small_solve(mat, rhs), torch.linalg.solve_ex(mat, rhs)[0]
+    assert torch.equal(got, ref)
+
+
+def test_closed_forms_keep_lapack_pivoting():
+    # a 2 x 2 system whose first pivot is tiny: without the row swap the answer is garbage
+    batch = mbase.LU2_MIN_BATCH
+    mat = torch.tensor([[1e-20, 1.0], [1.0, 1.0]], dtype=DT).expand(batch, 2, 2).clone()
+    rhs = torch.tensor([[1.0], [2.0]], dtype=DT).expand(batch, 2, 1)
+    got = mbase.small_solve(mat, rhs)
+    assert torch.allclose(got, torch.linalg.solve_ex(mat, rhs)[0], rtol=1e-15, atol=0)
+    assert torch.allclose(got[0, :, 0], torch.tensor([1.0, 1.0], dtype=DT), rtol=1e-15)
+
+
+@pytest.mark.parametrize("batch", [3, mbase.LU2_MIN_BATCH])
+def test_singular_systems_give_nonfinite_answers_without_raising(batch):
+    one = torch.zeros(batch, 1, 1, dtype=DT)
+    assert not torch.isfinite(mbase.small_solve(one, torch.ones(batch, 1, 1, dtype=DT))).any()
+    two = torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=DT).expand(batch, 2, 2).clone()
+    assert not torch.isfinite(mbase.small_solve(two, torch.ones(batch, 2, 1, dtype=DT))).all()
+
+
+def test_closed_forms_have_no_batch_restrictions():
+    # extra batch dimensions and a single system
+    mat, _ = _gram(24, 2, 10.0, DT)
+    rhs = torch.randn(24, 2, 1, generator=_gen(2), dtype=DT)
+    got = mbase.small_solve(mat.reshape(2, 3, 4, 2, 2), rhs.reshape(2, 3, 4, 2, 1))
+    assert torch.allclose(got.reshape(24, 2, 1), torch.linalg.solve(mat, rhs), rtol=1e-12)
+    one = mbase.small_solve(mat[0], rhs[0])
+    assert torch.allclose(one, torch.linalg.solve(mat[0], rhs[0]), rtol=1e-12)
+
+
+# ------------------------------------------------------------------ Jacobians
+def _reference_jacobian(g, x):
+    """``torch.func``'s per-point Jacobian, an independent implementation."""
+
+    def single(v):
+        out = g(v)
+        return out.unsqueeze(-1) if out.dim() == 0 else out
+
+    return torch.func.vmap(torch.func.jacrev(single))(x)
+
+
+@pytest.mark.parametrize("name", ["ellipse", "sphere_plane", "rigid_triatomic", "torus_quartic"])
+@pytest.mark.parametrize("chains", [5, mimpl.BATCHED_ROWS_MAX_CHAINS + 1])
+def test_autodiff_jacobian_matches_torch_func(name, chains):
+    p = get_problem(name)
+    x = p.initial(chains, DT, "cpu", _gen(3))
+    x = x + 0.01 * torch.randn(x.shape, generator=_gen(4), dtype=DT)  # off the set too
+    ref = _reference_jacobian(p.constraint, x)
+    for batched in (True, False):
+        m = p.make_manifold()
+        m._batched_rows = batched
+        g, jac = m._value_and_jacobian(x)
+        assert jac.shape == ref.shape
+        assert torch.allclose(jac, ref, rtol=1e-13, atol=1e-13)
+        assert torch.equal(g, m.constraint(x))
+        assert not g.requires_grad and not jac.requires_grad
+
+
+class _NoBatchSquare(torch.autograd.Function):
+    """``x^2`` whose backward leaves torch (through numpy): no vmap batching rule."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.from_numpy(2.0 * grad.detach().numpy() * x.detach().numpy())
+
+
+def _unbatchable_g(x):
+    s = _NoBatchSquare.apply(x)
+    return torch.stack([s.sum(-1) - 1, x[..., 2] - 0.6, x[..., 0] - x[..., 1]], dim=-1)
+
+
+def test_batched_rows_fall_back_to_plain_passes():
+    m = ml.ImplicitManifold(_unbatchable_g)
+    x = torch.randn(6, 3, generator=_gen(5), dtype=DT)
+    assert m._batched_rows
+    jac = m.jacobian(x)
+    assert not m._batched_rows  # the failure is remembered
+    expected = torch.zeros(6, 3, 3, dtype=DT)
+    expected[:, 0] = 2 * x
+    expected[:, 1, 2] = 1.0
+    expected[:, 2, 0], expected[:, 2, 1] = 1.0, -1.0
+    assert torch.allclose(jac, expected, rtol=1e-15, atol=0)
+    assert torch.allclose(m.jacobian(x), expected, rtol=1e-15, atol=0)
+
+
+def test_fixman_term_gradient_is_unchanged():
+    # log det(J J^T) differentiated through the Jacobian, with one pass (m = 1) and with rows
+    p = get_problem("ellipse")
+    m = p.make_manifold()
+    x = p.initial(4, DT, "cpu", _gen(6)).requires_grad_(True)
+    (grad,) = torch.autograd.grad(m.log_det_gram(x).sum(), x)
+    # J = (x/2, 2y): det = x^2/4 + 4 y^2, d log det = (x/2, 8y) / det
+    det = x[:, 0] ** 2 / 4 + 4 * x[:, 1] ** 2
+    expected = torch.stack([x[:, 0] / 2, 8 * x[:, 1]], dim=-1) / det[:, None]
+    assert torch.allclose(grad, expected.detach(), rtol=1e-13)
+
+
+# ------------------------------------------------------------------ user Jacobian
+def _sphere_plane_jacobian(x):
+    plane = torch.zeros_like(x)
+    plane[..., 2] = 1.0
+    return torch.stack([2 * x, plane], dim=-2)
+
+
+def _ellipse_gradient(x):  # a scalar constraint's gradient, (..., n)
+    return torch.stack([x[..., 0] / 2, 2 * x[..., 1]], dim=-1)
+
+
+USER = {"sphere_plane": _sphere_plane_jacobian, "ellipse": _ellipse_gradient}
+
+
+@pytest.mark.parametrize("name", sorted(USER))
+def test_user_jacobian_gives_the_autodiff_dynamics(name):
+    p = get_problem(name)
+    auto = p.make_manifold()
+    user = ml.ImplicitManifold(p.constraint, jacobian=USER[name])
+    x0 = p.initial(16, DT, "cpu", _gen(7))
+    assert user.check_jacobian(x0) <= 1e-14
+    assert torch.allclose(user.jacobian(x0), auto.jacobian(x0), rtol=1e-14, atol=1e-14)
+    runs = []
+    for m in (auto, user):
+        s = ml.Langevin(m, p.potential, step_size=0.1)
+        gen = _gen(8)
+        state = s.init(x0, generator=gen)
+        with torch.no_grad():
+            for _ in range(10):
+                state, ok, _ = s.step(state, gen)
+                assert bool(ok.all())
+        runs.append(state)
+    assert torch.allclose(runs[0].x, runs[1].x, rtol=0, atol=1e-12)
+    assert torch.allclose(runs[0].p, runs[1].p, rtol=0, atol=1e-12)
+
+
+def test_user_jacobian_for_the_fixman_term():
+    p = get_problem("ellipse")
+    user = ml.ImplicitManifold(p.constraint, jacobian=_ellipse_gradient)
+    auto = p.make_manifold()
+    x = p.initial(5, DT, "cpu", _gen(9)).requires_grad_(True)
+    (gu,) = torch.autograd.grad(user.log_det_gram(x).sum(), x)
+    (ga,) = torch.autograd.grad(auto.log_det_gram(x).sum(), x)
+    assert torch.allclose(gu, ga, rtol=1e-13)
+
+
+def test_a_wrong_user_jacobian_is_named():
+    p = get_problem("sphere_plane")
+    x = p.initial(6, DT, "cpu", _gen(10))
+    wrong = ml.ImplicitManifold(p.constraint, jacobian=lambda x: 1.01 * _sphere_plane_jacobian(x))
+    with pytest.raises(ValueError, match="differs from autodiff"):
+        wrong.check_jacobian(x)
+    flat = ml.ImplicitManifold(
+        p.constraint, jacobian=lambda x: _sphere_plane_jacobian(x)[..., 0, :]
+    )
+    with pytest.raises(ValueError, match="m the number of constraints"):
+        flat.shake(x, x)
+    short = ml.ImplicitManifold(p.constraint, jacobian=lambda x: _sphere_plane_jacobian(x)[..., :2])
+    with pytest.raises(ValueError, match=r"\(\.\.\., m, n\)"):
+        short.proju(x, x)
+    with pytest.raises(TypeError, match="jacobian must be callable"):
+        ml.ImplicitManifold(p.constraint, jacobian=3)
+    with pytest.raises(TypeError, match="must return a tensor"):
+        ml.ImplicitManifold(p.constraint, jacobian=lambda x: x.tolist()).proju(x, x)
+    assert p.make_manifold().check_jacobian(x) == 0.0  # nothing to check
+
+
+# ------------------------------------------------------------------ point cache
+def test_cache_serves_only_the_unchanged_point():
+    p = get_problem("sphere_plane")
+    m = p.make_manifold()
+    fresh = p.make_manifold()
+    x = p.initial(8, DT, "cpu", _gen(11))
+    v = m.proju(x, torch.randn(x.shape, generator=_gen(12), dtype=DT))
+    u = torch.randn(x.shape, generator=_gen(13), dtype=DT)
+    with torch.no_grad():
+        x1, v1, ok = m.rattle(x, v, 0.1)
+        assert bool(ok.all())
+        assert m._cache.get(x1) is not None
+        assert torch.equal(m.proju(x1, u), fresh.proju(x1, u))
+        assert torch.equal(m.jvp(x1, u), fresh.jvp(x1, u))
+        x1.mul_(1.1)  # in place: the cached Jacobian belongs to the old values
+        assert m._cache.get(x1) is None
+        assert torch.equal(m.proju(x1, u), fresh.proju(x1, u))
+        y = x1.clone()  # equal values, another tensor: recomputed, same answer
+        assert m._cache.get(y) is None
+        assert torch.equal(m.proju(y, u), fresh.proju(y, u))
+        x2, _, _ = m.rattle(x1, m.proju(x1, v1), 0.05)
+        x2f, _, _ = fresh.rattle(x1, fresh.proju(x1, v1), 0.05)
+        assert torch.equal(x2, x2f)
+
+
+def test_cache_skips_inference_tensors_and_copies_start_empty():
+    p = get_problem("ellipse")
+    # autodiff needs autograd, so inference mode only serves a user Jacobian
+    m = ml.ImplicitManifold(p.constraint, jacobian=_ellipse_gradient)
+    with torch.inference_mode():
+        x = p.initial(4, DT, "cpu", _gen(14))
+        x1, _, _ = m.rattle(x, torch.zeros_like(x), 0.1)
+        assert m._cache.get(x1) is None
+        assert torch.allclose(m.residual_norm(x1), torch.zeros(4, dtype=DT), atol=1e-12)
+    x = p.initial(4, DT, "cpu", _gen(14))
+    m.proju(x, x)
+    assert m._cache.get(x) is not None
+    dup = copy.deepcopy(m)
+    assert dup._cache.get(x) is None
+    assert torch.equal(dup.proju(x, x), m.proju(x, x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", ["ellipse", "sphere_plane", "rigid_triatomic"])
+def test_samplers_stay_on_the_set(name, dtype):
+    p = get_problem(name)
+    m = p.make_manifold()
+    x0 = p.initial(32, dtype, "cpu", _gen(15))
+    for s in (ml.Langevin(m, p.potential, step_size=0.1), ml.HMC(m, p.potential, step_size=0.1)):
+        gen = _gen(16)
+        state = s.init(x0, generator=gen)
+        with torch.no_grad():
+            for _ in range(5):
+                state, ok, _ = s.step(state, gen)
+        assert bool(ok.float().mean() >= 0.8)  # a few chains may fail a large HMC step
+        assert float(m.residual_norm(state.x).max()) <= 10 * m.tolerance(state.x)
+        assert float(m.jvp(state.x, state.p).abs().max()) <= 1e3 * torch.finfo(dtype).eps
+
+
+def test_rank_deficiency_still_detected_with_two_constraints():
+    twice = ml.ImplicitManifold(lambda x: torch.stack([x[..., 0] - 1, 2 * x[..., 0] - 2], dim=-1))
+    x0 = torch.ones(mbase.LU2_MIN_BATCH + 1, 3, dtype=DT)
+    with pytest.raises(ml.RankDeficientError, match="rank deficient"):
+        ml.HMC(twice, lambda x: x[..., 1], step_size=0.1).init(x0)
+
+
+def test_a_jacobian_with_a_graph_is_not_cached():
+    # a differentiable user Jacobian under autograd: two backward passes through proju work
+    p = get_problem("ellipse")
+    m = ml.ImplicitManifold(p.constraint, jacobian=_ellipse_gradient)
+    x = p.initial(3, DT, "cpu", _gen(17)).requires_grad_(True)
+    u = torch.ones(3, 2, dtype=DT)
+    for _ in range(2):
+        (grad,) = torch.autograd.grad(m.proju(x, u).sum(), x)
+        assert m._cache.get(x) is None
+        assert bool(torch.isfinite(grad).all())
