@@ -23,6 +23,9 @@ Methods (all from the same default PyTorch initialisation per seed; inputs in ``
   This isolates the effect of the constraint from that of the step size and momentum.
 * ``sgd`` -- ``torch.optim.SGD(momentum=0.9)``, learning rate chosen from a grid.
 * ``adam`` -- ``torch.optim.Adam``, learning rate chosen from a grid.
+* ``released`` -- the released scripts' c-CoLA-ud (``validation.released_circle``: xi rotated with
+  the already-rotated w, kick with the previous point's gradient) with the paper's settings, a
+  baseline for ``cola_t0``. Not run by default (``--method released``).
 
 Tuning (the grids are in ``METHODS``): one seed, trained on the first 8,000 of the 10,000
 training images and validated on the last 2,000, for ``--tune-epochs`` epochs; the value with the
@@ -64,6 +67,7 @@ from torch import nn
 
 import manifold_langevin as ml
 from validation.experiment_data import load_fashion_mnist
+from validation.released_circle import ReleasedCircleCoLA
 
 __all__ = [
     "METHODS",
@@ -94,7 +98,8 @@ class Method:
         key: short name used in the JSON.
         label: legend text.
         kind: ``"cola-circle"``, ``"cola-orthogonal"``, ``"cola-orthogonal-body"`` (output layer
-            unconstrained too), ``"cola-free"``, ``"sgd"`` or ``"adam"``.
+            unconstrained too), ``"cola-free"``, ``"released"`` (the released scripts' c-CoLA-ud,
+            ``validation.released_circle``), ``"sgd"`` or ``"adam"``.
         hyper: fixed keyword arguments of the optimizer.
         tune: name of the tuned hyperparameter (``None``: not tuned).
         grid: its candidate values.
@@ -120,13 +125,16 @@ METHODS = (
            {"lr": 0.3, "friction": 1.0, "temperature": 0.0}),
     Method("cola_t", "c-CoLA-ud, T>0", "cola-circle", {"lr": 0.3, "friction": 1.0},
            tune="temperature", grid=(1e-6, 1e-5, 1e-4)),
+    Method("released", "c-CoLA-ud, released scripts' scheme", "released",
+           {"lr": 0.3, "friction": 1.0, "temperature": 0.0}),
     Method("cola_free", "CoLA-ud unconstrained (same h, gamma)", "cola-free",
            {"lr": 0.3, "friction": 1.0, "temperature": 0.0}),
     Method("sgd", "SGD, momentum 0.9", "sgd", {"momentum": 0.9},
            tune="lr", grid=(0.01, 0.03, 0.1, 0.3)),
     Method("adam", "Adam", "adam", {}, tune="lr", grid=(1e-4, 3e-4, 1e-3, 3e-3)),
 )  # fmt: skip
-#: run by default; ``cola_t`` (not the paper's setting: E2 used T = 0) only with --method
+#: run by default; ``cola_t`` (not the paper's setting: E2 used T = 0) and ``released`` (the
+#: baseline ``validation.released_circle``) only with --method
 DEFAULT_METHODS = ("cola_t0", "cola_free", "sgd", "adam")
 QUICK_GRIDS = {"cola_t": (1e-5,), "sgd": (0.1,), "adam": (1e-3,)}
 
@@ -161,7 +169,14 @@ def build_optimizer(kind: str, model: nn.Module, seed: int, **hyper) -> torch.op
     ``"cola-orthogonal-body"`` (o-CoLA with the output layer left unconstrained too, an ablation
     the factory has no name for) is ``CoLA`` on ``ml.optim.constrained_groups`` with a
     ``select`` that skips the last weight.
+
+    ``"released"`` is the baseline ``ReleasedCircleCoLA`` (the released scripts' c-CoLA-ud,
+    ``validation.released_circle``) on ``ml.optim.constrained_groups(model, "circle", RADII)``;
+    ``hyper`` may also set its ``rotation`` and ``gradient``.
     """
+    if kind == "released":
+        groups = ml.optim.constrained_groups(model, "circle", radius=RADII)
+        return ReleasedCircleCoLA(groups, seed=seed, **hyper)
     if kind == "cola-orthogonal-body":
         last = [n for n, p in model.named_parameters() if p.dim() >= 2][-1]
         groups = ml.optim.constrained_groups(
@@ -280,7 +295,7 @@ def train_run(
     # residual and rejections are None for optimizers without constrained parameters
     rec["max_residual"] = max((r["max_residual"] or 0.0 for r in history), default=0.0)
     rec["n_rejected"] = (history[-1]["n_rejected"] or 0) if history else 0
-    if method.kind == "cola-circle":
+    if method.kind in ("cola-circle", "released"):
         weights = [(n, p.detach()) for n, p in model.named_parameters() if p.dim() >= 2]
         radii = [RADII[0]] + [RADII[1]] * (len(weights) - 1)
         rec["max_abs_weight"] = {n: float(w.abs().max()) for n, w in weights}
