@@ -33,10 +33,10 @@ class DualAveraging:
         step_size: the initial step $h_0$.
         target: the target mean acceptance probability $\\delta$ in ``(0, 1)``.
         like: a tensor whose device and dtype the state takes.
-        gamma: the scheme's shrinkage constant $\gamma$ (the defaults of all three constants
+        gamma: the scheme's shrinkage constant $\\gamma$ (the defaults of all three constants
             are Hoffman and Gelman's).
         t0: the offset $t_0$ that damps the first iterations.
-        kappa: the averaging exponent $\kappa$ of the final step.
+        kappa: the averaging exponent $\\kappa$ of the final step.
     """
 
     def __init__(
