@@ -48,7 +48,10 @@ with 1 (the circle update is many small elementwise kernels, each a parallel reg
 epoch 4.1 s vs 0.8 s, the 60,000-image evaluation 1.9 s vs 1.3 s (``docs/performance.md``,
 "Threads").
 
-Run ``python -m validation.exp_e2 [--quick] [--seeds 3] [--epochs 50] [--method KEY ...]``.
+Run ``python -m validation.exp_e2 [--quick] [--seeds 3] [--epochs 50] [--method KEY ...]
+[--resume]``; with ``--resume`` every finished tuning and training run is kept in
+``<out>/exp_e2.progress.json`` as it ends, and a run started again with the same settings skips
+them (long runs can be stopped and resumed, and seeds or methods added).
 """
 
 from __future__ import annotations
@@ -574,8 +577,14 @@ def run(
     tune_epochs: int | None = None,
     methods=None,
     verbose: bool = True,
+    progress: Path | None = None,
 ) -> dict:
-    """Tune, train every method for every seed, and return the JSON-ready result."""
+    """Tune, train every method for every seed, and return the JSON-ready result.
+
+    ``progress``: a JSON file that holds every finished tuning and training run, rewritten after
+    each; a run started again with the same file and the same settings (``quick``, ``epochs``,
+    ``tune_epochs``) skips what it already holds, so a long experiment can be stopped and
+    resumed (more seeds or methods can be added; other settings start the file afresh)."""
     t_start = time.perf_counter()
     methods = [m for m in METHODS if m.key in (methods or DEFAULT_METHODS)]
     if quick:
@@ -584,13 +593,19 @@ def run(
         data = split_data()
     tune_epochs = tune_epochs or (1 if quick else max(1, (epochs + 2) // 3))
     log = print if verbose else (lambda *a, **k: None)
+    done = _Progress(progress, {"quick": quick, "epochs": epochs, "tune_epochs": tune_epochs})
 
     tuning, chosen_hyper = {}, {}
     for m in methods:
         grid = QUICK_GRIDS.get(m.key) if quick else None
-        t0 = time.perf_counter()
-        tuning[m.key] = tune(m, data, tune_epochs, seed=1000, grid=grid)
-        tuning[m.key]["seconds"] = time.perf_counter() - t0
+        if m.key in done.tuning:
+            tuning[m.key] = done.tuning[m.key]
+        else:
+            t0 = time.perf_counter()
+            tuning[m.key] = tune(m, data, tune_epochs, seed=1000, grid=grid)
+            tuning[m.key]["seconds"] = time.perf_counter() - t0
+            done.tuning[m.key] = tuning[m.key]
+            done.save()
         v = tuning[m.key]["chosen"]
         chosen_hyper[m.key] = m.with_value(v) if m.tune else dict(m.hyper)
         log(
@@ -606,10 +621,16 @@ def run(
     runs = {m.key: [] for m in methods}
     for seed in range(seeds):
         for m in methods:
+            key = f"{m.key}/{seed}"
+            if key in done.runs:
+                runs[m.key].append(done.runs[key])
+                continue
             rec = train_run(
                 m, chosen_hyper[m.key], data["train"], data["eval"], epochs, seed, schedule
             )
             runs[m.key].append(rec)
+            done.runs[key] = rec
+            done.save()
             log(
                 f"[seed {seed}] {m.key}: final test loss {rec.get('final_test_loss', 'nan'):.4f} "
                 f"(best {rec.get('best_test_loss', float('nan')):.4f} at epoch "
@@ -655,6 +676,27 @@ def run(
     return analyze(result)
 
 
+class _Progress:
+    """The finished runs of an experiment, kept in a JSON file (see [`run`][]'s ``progress``)."""
+
+    def __init__(self, path: Path | None, settings: dict):
+        self.path, self.settings = path, settings
+        self.tuning: dict = {}
+        self.runs: dict = {}
+        if path is not None and path.exists():
+            held = json.loads(path.read_text())
+            if held.get("settings") == settings:
+                self.tuning, self.runs = held["tuning"], held["runs"]
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        doc = {"settings": self.settings, "tuning": self.tuning, "runs": self.runs}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(self.path)  # whole or not at all, should the run be stopped mid-write
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m validation.exp_e2 [--quick] [--seeds N] [--epochs E] ...``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -680,6 +722,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="recompute summary, table and plot from <out>/exp_e2.json without training",
     )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep finished runs in <out>/exp_e2.progress.json and skip them when started again",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -690,7 +737,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         seeds = args.seeds or (1 if args.quick else 3)
         epochs = args.epochs or (2 if args.quick else 50)
+        out.mkdir(parents=True, exist_ok=True)
         result = run(
+            progress=out / "exp_e2.progress.json" if args.resume else None,
             quick=args.quick,
             seeds=seeds,
             epochs=epochs,

@@ -124,6 +124,43 @@ def test_few_steps_reduce_training_loss_and_keep_constraints(method, model_fn):
         assert after < 0.85 * before, (before, after)
 
 
+def test_e2_resumes_from_its_progress_file(tmp_path, monkeypatch):
+    calls, tuning = [], []
+    real_train, real_tune = exp_e2.train_run, exp_e2.tune
+
+    def counted_train(method, *args, **kwargs):
+        if not tuning:  # the final runs, not the tuning runs inside tune()
+            calls.append(("train", method.key, args[4]))  # the seed
+        return real_train(method, *args, **kwargs)
+
+    def counted_tune(method, *args, **kwargs):
+        calls.append(("tune", method.key))
+        tuning.append(True)
+        try:
+            return real_tune(method, *args, **kwargs)
+        finally:
+            tuning.pop()
+
+    monkeypatch.setattr(exp_e2, "train_run", counted_train)
+    monkeypatch.setattr(exp_e2, "tune", counted_tune)
+    argv = ["--quick", "--out", str(tmp_path), "--resume", "--method", "cola_t0", "--method", "sgd"]
+    assert exp_e2.main(argv) == 0
+    first = json.loads((tmp_path / "quick" / "exp_e2.json").read_text())
+    assert sorted(calls) == sorted([("tune", "cola_t0"), ("tune", "sgd"),
+                                    ("train", "cola_t0", 0), ("train", "sgd", 0)])  # fmt: skip
+    calls.clear()
+    # started again with one more seed: only the new seed's runs are trained
+    assert exp_e2.main([*argv, "--seeds", "2"]) == 0
+    assert sorted(calls) == [("train", "cola_t0", 1), ("train", "sgd", 1)]
+    again = json.loads((tmp_path / "quick" / "exp_e2.json").read_text())
+    assert again["runs"]["sgd"][0] == first["runs"]["sgd"][0]  # seed 0 kept as it was
+    assert len(again["runs"]["sgd"]) == 2
+    # other settings start afresh
+    calls.clear()
+    assert exp_e2.main([*argv, "--epochs", "3"]) == 0
+    assert ("train", "sgd", 0) in calls
+
+
 def test_e2_quick_writes_json_and_png(tmp_path):
     assert exp_e2.main(["--quick", "--out", str(tmp_path)]) == 0
     out = tmp_path / "quick"
