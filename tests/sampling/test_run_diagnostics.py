@@ -197,3 +197,25 @@ def test_to_arviz_without_arviz_names_the_extra(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_arviz)
     with pytest.raises(ImportError, match=r"manifold-langevin\[arviz\]"):
         out.to_arviz()
+
+
+def test_rhat_needs_about_a_hundred_effective_draws_per_chain():
+    # stationary AR(1) chains (started in their stationary law): R-hat - 1 is about 0.9 / (ESS
+    # per chain), the relation the R-hat warning and the tutorial quote; it falls below 1.01
+    # only around 100 effective draws per chain
+    from manifold_langevin.sampling.diagnostics import ess, rhat
+
+    g = torch.Generator().manual_seed(0)
+    phi, chains = 0.9, 500
+    products, below = [], []
+    for n in (400, 1000, 4000):
+        x = torch.empty(chains, n, dtype=DT)
+        x[:, 0] = torch.randn(chains, dtype=DT, generator=g)
+        noise = torch.randn(chains, n, dtype=DT, generator=g) * math.sqrt(1 - phi**2)
+        for i in range(1, n):
+            x[:, i] = phi * x[:, i - 1] + noise[:, i]
+        r, per_chain = float(rhat(x)), float(ess(x)) / chains
+        products.append((r - 1) * per_chain)
+        below.append(r < RHAT_WARN)
+    assert all(0.6 < p < 1.3 for p in products), products
+    assert below == [False, False, True]
