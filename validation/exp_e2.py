@@ -452,12 +452,21 @@ def matched_train_loss(runs: dict) -> dict:
     all runs (so every run gets there), with the test numbers linearly interpolated between
     evaluation epochs.
     """
-    level = max(r["train_loss"][-1] for rs in runs.values() for r in rs)
+
+    def last_finite(losses):
+        finite = [v for v in losses if math.isfinite(v)]
+        return finite[-1] if finite else math.inf
+
+    # a run that ended early on a non-finite loss counts with its last finite value
+    level = max(last_finite(r["train_loss"]) for rs in runs.values() for r in rs)
     out = {"level": level, "methods": {}}
     for key, rs in runs.items():
         eps, tls, tas = [], [], []
         for r in rs:
-            e = 1 + next(i for i, v in enumerate(r["train_loss"]) if v <= level)
+            first = next((i for i, v in enumerate(r["train_loss"]) if v <= level), None)
+            if first is None:  # never trained that far (it ended before): left out
+                continue
+            e = 1 + first
             eps.append(e)
             tls.append(float(np.interp(e, r["epochs"], r["test_loss"])))
             tas.append(float(np.interp(e, r["epochs"], r["test_acc"])))
