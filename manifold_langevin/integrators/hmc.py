@@ -211,8 +211,7 @@ class HMCKernel(Dynamics):
         its coefficients are tensors too, so nothing branches on their values."""
         if step_size is None or self.friction == 0.0:
             return ornstein_uhlenbeck(self.manifold, x, p, self._c1, self._c2, generator)
-        c1 = torch.exp(-self.friction * 0.5 * step_size)
-        c2 = torch.sqrt(self.temperature * (1.0 - c1 * c1))
+        c1, c2 = ou_coefficients(self.friction, self.temperature, 0.5 * step_size)
         return ou_update(p, c1, c2, self.manifold.random_normal_tangent(x, generator))
 
     def step(self, state: State, generator=None, step_size=None):

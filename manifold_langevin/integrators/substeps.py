@@ -127,8 +127,14 @@ def damped_drift(
     return drift(manifold, x, p, 0.5 * (1.0 + c1) * h, scale=c1, **drift_options)
 
 
-def ou_coefficients(friction: float, temperature: float, h: float) -> tuple[float, float]:
-    """``(c1, c2) = (exp(-gamma h), sqrt(tau (1 - c1^2)))``; ``friction = inf`` gives ``c1 = 0``."""
+def ou_coefficients(friction: float, temperature: float, h):
+    """``(c1, c2) = (exp(-gamma h), sqrt(tau (1 - c1^2)))``; ``friction = inf`` gives ``c1 = 0``.
+
+    ``h`` may be a 0-d tensor (a step size adapted on the device): the coefficients are then
+    tensors, computed without reading ``h`` on the host."""
+    if isinstance(h, torch.Tensor):
+        c1 = torch.exp(-friction * h)  # exp(-inf) = 0 for friction = inf
+        return c1, torch.sqrt(temperature * (1.0 - c1 * c1))
     c1 = 0.0 if math.isinf(friction) else math.exp(-friction * h)
     return c1, math.sqrt(temperature * (1.0 - c1 * c1))
 
