@@ -26,6 +26,18 @@ Methods (all from the same default PyTorch initialisation per seed; inputs in ``
 * ``released`` -- the released scripts' c-CoLA-ud (``validation.released_circle``: xi rotated with
   the already-rotated w, kick with the previous point's gradient) with the paper's settings, a
   baseline for ``cola_t0``. Not run by default (``--method released``).
+* ``released_exact`` / ``released_current`` -- ablations of ``released``: the same scheme with
+  one of its two departures switched off (the exact rotation, which holds the radius; the kick
+  with the current gradient). With both switched off it is ``cola_t0``'s map.
+* ``cola_biases`` -- ``cola_t0`` with the biases on circles too (radius ``r1``; the paper leaves
+  them free): the bias-handling ablation.
+
+For every circle-constrained run the bounds are recorded after every evaluation
+(``bounds``: per weight the largest ``|w|``, the share of entries at the bound, and for the
+released scheme the effective radius ``sqrt(w^2 + xi^2) / r``, its smallest value and
+quantiles). The summary's headline is the mean test loss and accuracy over the last
+:data:`LAST` epochs (each evaluated), as mean ± standard error over seeds; a run that stopped on
+a non-finite training loss is left out of its method's statistics and named in the table.
 
 Tuning (the grids are in ``METHODS``): one seed, trained on the first 8,000 of the 10,000
 training images and validated on the last 2,000, for ``--tune-epochs`` epochs; the value with the
@@ -130,6 +142,14 @@ METHODS = (
            tune="temperature", grid=(1e-6, 1e-5, 1e-4)),
     Method("released", "c-CoLA-ud, released scripts' scheme", "released",
            {"lr": 0.3, "friction": 1.0, "temperature": 0.0}),
+    # ablations of the released scheme: one defect switched off at a time
+    Method("released_exact", "released scheme, exact rotation", "released",
+           {"lr": 0.3, "friction": 1.0, "temperature": 0.0, "rotation": "exact"}),
+    Method("released_current", "released scheme, current gradient", "released",
+           {"lr": 0.3, "friction": 1.0, "temperature": 0.0, "gradient": "current"}),
+    # bias handling: the biases on circles of radius r1 too (the paper leaves them free)
+    Method("cola_biases", "c-CoLA-ud, T=0, biases constrained too", "cola-circle-all",
+           {"lr": 0.3, "friction": 1.0, "temperature": 0.0}),
     Method("cola_free", "CoLA-ud unconstrained (same h, gamma)", "cola-free",
            {"lr": 0.3, "friction": 1.0, "temperature": 0.0}),
     Method("sgd", "SGD, momentum 0.9", "sgd", {"momentum": 0.9},
@@ -180,6 +200,12 @@ def build_optimizer(kind: str, model: nn.Module, seed: int, **hyper) -> torch.op
     if kind == "released":
         groups = ml.optim.constrained_groups(model, "circle", radius=RADII)
         return ReleasedCircleCoLA(groups, seed=seed, **hyper)
+    if kind == "cola-circle-all":
+        first = next(n for n, p in model.named_parameters() if p.dim() >= 2)
+        groups = ml.optim.constrained_groups(
+            model, "circle", radius={first: RADII[0]}, select=lambda n, p: True
+        )
+        return ml.optim.CoLA(groups, seed=seed, **hyper)
     if kind == "cola-orthogonal-body":
         last = [n for n, p in model.named_parameters() if p.dim() >= 2][-1]
         groups = ml.optim.constrained_groups(
@@ -192,16 +218,23 @@ def build_optimizer(kind: str, model: nn.Module, seed: int, **hyper) -> torch.op
     if name.startswith("cola"):
         hyper = {**hyper, "seed": seed}
     if kind == "cola-circle":
-        hyper["radius"] = RADII
+        hyper.setdefault("radius", RADII)
     return ml.nn.make_optimizer(name, model, **hyper)
+
+
+#: the summary's "last epochs" window: the mean of the evaluations in the last LAST epochs
+LAST = 10
 
 
 def eval_schedule(epochs: int) -> list[int]:
     """Epochs (1-based) after which the evaluation set is scored: 1-6, 8, 10, then every fifth
-    epoch, and always the last one (the 60,000-image evaluation costs about half a c-CoLA
-    epoch)."""
-    out = [e for e in range(1, epochs + 1) if e <= 6 or e in (8, 10) or e % 5 == 0]
-    return out if out[-1] == epochs else [*out, epochs]
+    epoch, and every one of the last :data:`LAST` epochs (the 60,000-image evaluation costs
+    about half a c-CoLA epoch)."""
+    return [
+        e
+        for e in range(1, epochs + 1)
+        if e <= 6 or e in (8, 10) or e % 5 == 0 or e > epochs - LAST
+    ]
 
 
 def split_data(n_train: int = N_TRAIN, n_eval: int | None = None, n_val: int = N_VAL) -> dict:
@@ -260,6 +293,7 @@ def train_run(
     opt = build_optimizer(method.kind, model, seed, **hyper)
     changed = sum(int((p.detach() != b).sum()) for p, b in zip(model.parameters(), before))
     eval_epochs, probe_epochs = set(eval_epochs), set(probe_epochs)
+    circle = method.kind in CIRCLE_KINDS
     rec = {
         "method": method.key,
         "seed": seed,
@@ -271,6 +305,8 @@ def train_run(
         "train_loss": [],
         "train_acc": [],
     }
+    if circle:
+        rec["bounds"] = [{"epoch": 0, **circle_bounds(model, opt)}]
 
     def after_epoch(record: dict) -> None:
         epoch = record["epoch"]
@@ -282,6 +318,8 @@ def train_run(
             rec["epochs"].append(epoch)
             rec["test_loss"].append(scores["loss"])
             rec["test_acc"].append(scores["acc"])
+            if circle:
+                rec["bounds"].append({"epoch": epoch, **circle_bounds(model, opt)})
         if probe is not None and epoch in probe_epochs:
             rec["probes"].append({"epoch": epoch, **probe(model)})
 
@@ -298,7 +336,7 @@ def train_run(
     # residual and rejections are None for optimizers without constrained parameters
     rec["max_residual"] = max((r["max_residual"] or 0.0 for r in history), default=0.0)
     rec["n_rejected"] = (history[-1]["n_rejected"] or 0) if history else 0
-    if method.kind in ("cola-circle", "released"):
+    if method.kind in ("cola-circle", "released"):  # the weights' bounds at the end
         weights = [(n, p.detach()) for n, p in model.named_parameters() if p.dim() >= 2]
         radii = [RADII[0]] + [RADII[1]] * (len(weights) - 1)
         rec["max_abs_weight"] = {n: float(w.abs().max()) for n, w in weights}
@@ -310,6 +348,48 @@ def train_run(
     return rec
 
 
+#: optimizer kinds whose weights lie on circles (their bounds are recorded over training)
+CIRCLE_KINDS = ("cola-circle", "cola-circle-all", "released")
+#: quantiles of the effective radius over the entries of a weight, recorded by circle_bounds
+RADIUS_QUANTILES = (0.01, 0.1, 0.5, 0.9)
+
+
+@torch.no_grad()
+def circle_bounds(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
+    """Per circle-constrained parameter: how tight its bound is, and how much of it is used.
+
+    For every parameter of a group with a ``radius`` ``r``: ``max_abs`` (the largest ``|w|``),
+    ``at_bound`` (the share of entries with ``|w| >= 0.99 r``) and the effective radius
+    ``rho = sqrt(w^2 + xi^2)`` relative to ``r``: its smallest value, its quantiles
+    :data:`RADIUS_QUANTILES` and ``at_own_bound`` (the share of entries with
+    ``|w| >= 0.99 rho``). The library's CoLA keeps ``rho = r`` (it renormalises), so for it only
+    the first two are recorded; the released scheme's ``rho`` shrinks (its ``radii()``)."""
+    radii = opt.radii() if isinstance(opt, ReleasedCircleCoLA) else None
+    names = {id(p): n for n, p in model.named_parameters()}
+    out, i = {}, 0
+    for group in opt.param_groups:
+        r = group.get("radius")
+        if r is None or group.get("constraint", "circle") != "circle":
+            continue
+        for p in group["params"]:
+            w = p.detach().abs()
+            entry = {
+                "max_abs": float(w.max()),
+                "at_bound": float((w >= 0.99 * r).float().mean()),
+            }
+            if radii is not None and i < len(radii):
+                rho = radii[i].flatten() / r
+                q = torch.quantile(rho.double(), torch.tensor(RADIUS_QUANTILES, dtype=torch.float64))
+                entry.update(
+                    rho_min=float(rho.min()),
+                    rho_quantiles=[float(v) for v in q],
+                    at_own_bound=float((w.flatten() >= 0.99 * radii[i].flatten()).float().mean()),
+                )
+                i += 1
+            out[names[id(p)]] = entry
+    return out
+
+
 def summarize(rec: dict) -> dict:
     """Final and best test loss/accuracy of one run, and the rise of the test loss above its
     minimum (the overfitting signal)."""
@@ -317,7 +397,14 @@ def summarize(rec: dict) -> dict:
     if tl.size == 0:
         return {}
     i = int(np.argmin(tl))
+    last_epoch = rec["epochs"][-1]
+    window = np.asarray(rec["epochs"]) > last_epoch - LAST
     return {
+        # mean (and std over the evaluations) of the last LAST epochs, the steadier number
+        "last_test_loss": float(tl[window].mean()),
+        "last_test_loss_sd": float(tl[window].std()),
+        "last_test_acc": float(ta[window].mean()),
+        "last_n_evaluations": int(window.sum()),
         "final_test_loss": float(tl[-1]),
         "best_test_loss": float(tl[i]),
         "best_test_loss_epoch": rec["epochs"][i],
@@ -402,7 +489,16 @@ def _mean_std(values) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
 
 
+def _stat(values) -> dict:
+    """Mean, sample std and standard error of the mean over seeds, and the number of seeds."""
+    mean, std = _mean_std(values)
+    n = len(values)
+    return {"mean": mean, "std": std, "sem": std / math.sqrt(n) if n else math.nan, "n": n}
+
+
 SUMMARY_KEYS = (
+    "last_test_loss",
+    "last_test_acc",
     "final_test_loss",
     "best_test_loss",
     "test_loss_rise",
@@ -414,28 +510,37 @@ SUMMARY_KEYS = (
 
 
 def aggregate(runs: list[dict]) -> dict:
-    """Mean and sample std over seeds of each summary number and of the curves (runs of one
-    method share their evaluation epochs)."""
-    out = {k: dict(zip(("mean", "std"), _mean_std([r[k] for r in runs]))) for k in SUMMARY_KEYS}
-    n = min(len(r["test_loss"]) for r in runs)
+    """Mean, sample std and standard error over seeds of each summary number, and the mean
+    curves (runs of one method share their evaluation epochs).
+
+    A run that stopped on a non-finite training loss (``diverged_at``) is left out of the
+    statistics and the curves and listed under ``diverged`` (seed and epoch), so that its early
+    numbers do not pass for a result; if every run diverged, the statistics are over all of them.
+    """
+    finished = [r for r in runs if "diverged_at" not in r] or runs
+    out = {k: _stat([r[k] for r in finished if k in r]) for k in SUMMARY_KEYS}
+    out["diverged"] = [
+        {"seed": r["seed"], "epoch": r["diverged_at"]} for r in runs if "diverged_at" in r
+    ]
+    n = min(len(r["test_loss"]) for r in finished)
     curves = {}
     for key in ("test_loss", "test_acc"):
-        a = np.asarray([r[key][:n] for r in runs])
+        a = np.asarray([r[key][:n] for r in finished])
         curves[key] = {
             "mean": a.mean(0).tolist(),
             "std": a.std(0, ddof=min(1, len(a) - 1)).tolist(),
         }
-    m = min(len(r["train_loss"]) for r in runs)
+    m = min(len(r["train_loss"]) for r in finished)
     for key in ("train_loss", "train_acc"):
-        a = np.asarray([r[key][:m] for r in runs])
+        a = np.asarray([r[key][:m] for r in finished])
         curves[key] = {
             "mean": a.mean(0).tolist(),
             "std": a.std(0, ddof=min(1, len(a) - 1)).tolist(),
         }
-    out["curves"] = {"epochs": runs[0]["epochs"][:n], **curves}
+    out["curves"] = {"epochs": finished[0]["epochs"][:n], **curves}
     out["max_residual"] = max(r["max_residual"] for r in runs)
     out["n_rejected"] = sum(r["n_rejected"] for r in runs)
-    out["seconds_per_run"] = float(np.mean([r["seconds"] for r in runs]))
+    out["seconds_per_run"] = float(np.mean([r["seconds"] for r in finished]))
     return out
 
 
@@ -449,22 +554,19 @@ def matched_train_loss(runs: dict) -> dict:
     A method that fits the training set more slowly also overfits later, so a flat test loss
     could just mean "not trained as far". Here every run is read at the first epoch where its
     (running-mean) training loss is at or below ``level``, the largest final training loss over
-    all runs (so every run gets there), with the test numbers linearly interpolated between
-    evaluation epochs.
+    all runs that finished (so every one of them gets there), with the test numbers linearly
+    interpolated between evaluation epochs. Runs that stopped on a non-finite loss
+    (``diverged_at``) are left out, as in [`aggregate`][].
     """
-
-    def last_finite(losses):
-        finite = [v for v in losses if math.isfinite(v)]
-        return finite[-1] if finite else math.inf
-
-    # a run that ended early on a non-finite loss counts with its last finite value
-    level = max(last_finite(r["train_loss"]) for rs in runs.values() for r in rs)
+    kept = {k: [r for r in rs if "diverged_at" not in r] for k, rs in runs.items()}
+    finals = [r["train_loss"][-1] for rs in kept.values() for r in rs]
+    level = max(finals) if finals else math.inf
     out = {"level": level, "methods": {}}
-    for key, rs in runs.items():
+    for key, rs in kept.items():
         eps, tls, tas = [], [], []
         for r in rs:
             first = next((i for i, v in enumerate(r["train_loss"]) if v <= level), None)
-            if first is None:  # never trained that far (it ended before): left out
+            if first is None:  # never trained that far: left out
                 continue
             e = 1 + first
             eps.append(e)
@@ -478,6 +580,10 @@ def matched_train_loss(runs: dict) -> dict:
     return out
 
 
+def _pse(stat: dict, fmt: str) -> str:
+    return f"{stat['mean']:{fmt}} ± {stat['sem']:{fmt}}"
+
+
 def markdown_table(
     summary: dict,
     labels: dict,
@@ -486,20 +592,32 @@ def markdown_table(
     epochs: int,
     matched: dict | None = None,
 ) -> str:
-    """The E2 summary as a markdown table (mean ± std over seeds)."""
+    """The E2 summary as a markdown table: the last-epochs means as mean ± standard error over
+    seeds, the other columns as mean ± std over seeds; runs that diverged are named below."""
     head = (
-        f"| method ({n_seeds} seeds, {epochs} epochs) | setting | final test loss | "
-        "best test loss | rise (final − best) | final test acc | best test acc | "
-        "final train loss |"
+        f"| method ({n_seeds} seeds, {epochs} epochs) | setting | test loss, last {LAST} "
+        f"epochs (± se) | test acc, last {LAST} (± se) | final test loss | best test loss | "
+        "rise (final − best) | final train loss |"
     )
     rows = [head, "|" + "---|" * 8]
+    notes = []
     for key, s in summary.items():
+        seeds = ""
+        if s.get("diverged"):
+            seeds = f" ({s['last_test_loss']['n']} of {n_seeds} seeds)"
+            notes += [
+                f"{labels[key]}: seed {d['seed']} stopped at epoch {d['epoch']} on a "
+                "non-finite training loss and is left out of its row"
+                for d in s["diverged"]
+            ]
         rows.append(
-            f"| {labels[key]} | {chosen[key]} | {_pm(s['final_test_loss'], '.4f')} | "
+            f"| {labels[key]}{seeds} | {chosen[key]} | {_pse(s['last_test_loss'], '.4f')} | "
+            f"{_pse(s['last_test_acc'], '.4f')} | {_pm(s['final_test_loss'], '.4f')} | "
             f"{_pm(s['best_test_loss'], '.4f')} | {_pm(s['test_loss_rise'], '.4f')} | "
-            f"{_pm(s['final_test_acc'], '.4f')} | {_pm(s['best_test_acc'], '.4f')} | "
             f"{_pm(s['final_train_loss'], '.3f')} |"
         )
+    if notes:
+        rows += [""] + [f"- {n}." for n in notes]
     if matched:
         rows += [
             "",

@@ -83,6 +83,12 @@ def _check_constraints(model, opt, kind):
         assert all(float(w.abs().max()) <= exp_e2.RADII[1] for w in weights[1:])
         res = opt.residuals()
         assert len(res) == len(weights) and max(res.values()) <= TOL, res
+    elif kind == "cola-circle-all":  # every parameter, biases included, on its circle
+        params = list(model.named_parameters())
+        assert float(params[0][1].detach().abs().max()) <= exp_e2.RADII[0]
+        assert all(float(p.detach().abs().max()) <= exp_e2.RADII[1] for _, p in params[1:])
+        res = opt.residuals()
+        assert set(res) == {n for n, _ in params} and max(res.values()) <= TOL, res
     elif kind in ("cola-orthogonal", "cola-orthogonal-body"):
         weights = [p for p in model.parameters() if p.dim() >= 2][1:]  # all but the first layer
         if kind == "cola-orthogonal-body":
@@ -213,3 +219,81 @@ def test_orthogonal_quick_writes_json_and_png(tmp_path, part):
         g_def = probes["sgd"][0]["grad_norm"][1:-1]
         assert max(g_orth) / min(g_orth) < 10
         assert g_def[-1] / g_def[0] > 100
+
+
+def _run_record(seed, losses, diverged_at=None):
+    epochs = list(range(1, len(losses) + 1))
+    rec = {
+        "method": "m",
+        "seed": seed,
+        "epochs": epochs,
+        "test_loss": losses,
+        "test_acc": [0.5] * len(losses),
+        "train_loss": [1.0 / e for e in epochs],
+        "train_acc": [0.5] * len(losses),
+        "max_residual": 0.0,
+        "n_rejected": 0,
+        "seconds": 1.0,
+    }
+    if diverged_at is not None:
+        rec["diverged_at"] = diverged_at
+        rec["train_loss"][-1] = float("nan")
+    rec.update(exp_e2.summarize(rec))
+    return rec
+
+
+def test_summary_uses_the_last_epochs_and_leaves_out_a_diverged_run():
+    # last-epochs window: every one of the last LAST epochs is evaluated, their mean is reported
+    sched = exp_e2.eval_schedule(150)
+    assert sched[-exp_e2.LAST :] == list(range(151 - exp_e2.LAST, 151))
+    assert 7 not in sched and 12 not in sched  # sparse before the window
+    losses = [1.0] * 20 + [float(v) for v in range(10)]  # last ten: 0..9, mean 4.5
+    rec = _run_record(0, losses)
+    assert rec["last_test_loss"] == 4.5 and rec["last_n_evaluations"] == 10
+    assert rec["final_test_loss"] == 9.0
+    good = [_run_record(s, [1.0] * 20 + [0.3 + 0.01 * s] * 10) for s in range(2)]
+    bad = _run_record(2, [2.0] * 6, diverged_at=8)
+    agg = exp_e2.aggregate([*good, bad])
+    assert agg["diverged"] == [{"seed": 2, "epoch": 8}]
+    stat = agg["last_test_loss"]
+    assert stat["n"] == 2 and abs(stat["mean"] - 0.305) < 1e-12
+    assert abs(stat["sem"] - 0.01 / 2**0.5 / 2**0.5) < 1e-12  # std 0.00707, over sqrt(2)
+    assert len(agg["curves"]["epochs"]) == 30  # the curves are not cut to the diverged run's
+    matched = exp_e2.matched_train_loss({"m": [*good, bad]})
+    assert matched["level"] == 1.0 / 30  # the finished runs' final training loss
+    table = exp_e2.markdown_table(
+        {"m": agg}, {"m": "method"}, {"m": ""}, n_seeds=3, epochs=30, matched=matched
+    )
+    assert "method (2 of 3 seeds)" in table
+    assert "seed 2 stopped at epoch 8" in table
+
+
+@pytest.mark.parametrize("rotation", ["released", "exact"])
+def test_circle_bounds_record_the_released_radius_shrink(rotation):
+    x, y = _batches(256)
+    model = exp_e2.make_mlp(0)
+    opt = exp_e2.build_optimizer("released", model, 0, lr=0.3, rotation=rotation)
+    start = exp_e2.circle_bounds(model, opt)
+    assert set(start) == {"1.weight", "3.weight"} and "rho_min" not in start["1.weight"]
+    for idx in torch.arange(256).split(32):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    bounds = exp_e2.circle_bounds(model, opt)
+    for name, r in zip(("1.weight", "3.weight"), exp_e2.RADII):
+        b = bounds[name]
+        w = dict(model.named_parameters())[name].detach()
+        assert b["max_abs"] == float(w.abs().max()) and b["max_abs"] <= r
+        q = b["rho_quantiles"]
+        assert b["rho_min"] <= q[0] <= q[1] <= q[2] <= q[3] <= 1.0 + 1e-6
+        if rotation == "exact":
+            assert b["rho_min"] > 1 - 1e-5
+    if rotation == "released":
+        # the output layer's weights move most: some lose more than 1e-3 of their radius
+        assert bounds["3.weight"]["rho_min"] < 1 - 1e-3
+    # the library's CoLA keeps rho = r: only the use of the bound is recorded
+    net = exp_e2.make_mlp(0)
+    cola = exp_e2.build_optimizer("cola-circle", net, 0, lr=0.3)
+    held = exp_e2.circle_bounds(net, cola)
+    assert set(held) == {"1.weight", "3.weight"}
+    assert all(set(b) == {"max_abs", "at_bound"} for b in held.values())
