@@ -18,16 +18,29 @@ Sweeps (``SWEEPS``):
 * ``dimension``: 1000 chains on S^{d-1} for ``d`` from 3 to 1000, and on V(n, 3) for ``n`` from
   10 to 300.
 
-The potential's gradient comes from autograd, as for a user's potential. Run
-``python -m validation.bench_sampler [--quick] [--device D]``; writes ``bench_sampler.json`` and
-``bench_sampler.png`` to ``--out`` (default ``validation/results``, or ``validation/results/quick``
-with ``--quick``, a run of a few seconds whose numbers are not meaningful).
+The potential's gradient comes from autograd, as for a user's potential.
+
+Side by side (sweep ``side_by_side``, contenders in ``validation.sampler_peers``, one process,
+each timed as ``run(n_steps)`` of its own loop; float64 and float32, chain counts in
+``SIDE_CHAINS``): on S^2 a hand-written NumPy BAOAB (the floor to beat), ``Sphere()`` and the
+same sphere through ``ImplicitManifold``; SO(3) and V(10, 3) through ``Stiefel()``; the rigid
+trimer and the 10-bead chain through ``ImplicitManifold`` against OpenMM's Reference and CPU
+platforms (skipped, and said so in the JSON, when openmm is not installed; its rows are
+labelled float64, OpenMM's own precision on those platforms). ``ratios`` in the JSON divide
+each contender's chain-steps/s by the reference's at the same chain count and dtype (NumPy on
+S^2, ``Sphere()`` for the implicit sphere, OpenMM Reference for the molecules).
+
+Run ``python -m validation.bench_sampler [--quick] [--device D] [--side-by-side-only]``;
+writes ``bench_sampler.json`` and ``bench_sampler.png`` to ``--out`` (default
+``validation/results``, or ``validation/results/quick`` with ``--quick``, a run of a few
+seconds whose numbers are not meaningful).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from collections.abc import Callable
@@ -36,11 +49,12 @@ from pathlib import Path
 import torch
 
 import manifold_langevin as ml
+from validation import sampler_peers as peers
 from validation.bench_optim import environment, timer
 
-__all__ = ["SWEEPS", "main", "measure", "run"]
+__all__ = ["SIDE_CHAINS", "SWEEPS", "main", "measure", "run", "side_by_side"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: sweep name -> list of (manifold label, parameter values); see the module docstring
 SWEEPS = {
@@ -146,6 +160,118 @@ def measure(
     }
 
 
+#: side-by-side chain counts: (S^2 and Stiefel, molecules)
+SIDE_CHAINS = {
+    "full": ([1, 100, 10_000, 100_000], [1, 100, 4_000]),
+    "quick": ([10], [4]),
+}
+#: (chain-steps per run, min steps, max steps, repeats) of the side-by-side timings
+SIDE_EFFORT = {"full": (1e6, 5, 400, 3), "quick": (200, 2, 3, 1)}
+#: label -> (family, reference label for the ratios)
+SIDE_CONTENDERS = {
+    "numpy_s2": ("s2", "numpy_s2"),
+    "ml_s2": ("s2", "numpy_s2"),
+    "ml_s2_implicit": ("s2", "ml_s2"),
+    "ml_so3": ("stiefel", None),
+    "ml_stiefel_10x3": ("stiefel", None),
+    "ml_trimer": ("trimer", "openmm_reference_trimer"),
+    "openmm_reference_trimer": ("trimer", "openmm_reference_trimer"),
+    "openmm_cpu_trimer": ("trimer", "openmm_reference_trimer"),
+    "ml_chain10": ("chain10", "openmm_reference_chain10"),
+    "openmm_reference_chain10": ("chain10", "openmm_reference_chain10"),
+    "openmm_cpu_chain10": ("chain10", "openmm_reference_chain10"),
+}
+
+
+def _side_maker(label: str, n: int, dtype: torch.dtype, device: str):
+    np_dtype = {torch.float64: "float64", torch.float32: "float32"}[dtype]
+    beads = 3 if label.endswith("trimer") else 10
+    if label == "numpy_s2":
+        return peers.make_numpy_s2(n, dtype=np_dtype)
+    if label == "ml_s2":
+        return peers.make_ml_s2(n, dtype, device=device)
+    if label == "ml_s2_implicit":
+        return peers.make_ml_s2(n, dtype, implicit=True, device=device)
+    if label == "ml_so3":
+        return peers.make_ml_stiefel(n, 3, dtype=dtype, device=device)
+    if label == "ml_stiefel_10x3":
+        return peers.make_ml_stiefel(n, 10, dtype=dtype, device=device)
+    if label.startswith("ml_"):
+        return peers.make_ml_molecule(n, beads, dtype, device=device)
+    platform = "Reference" if "reference" in label else "CPU"
+    return peers.make_openmm_molecule(n, beads, platform)
+
+
+def side_by_side(
+    mode: str = "full", device: str = "cpu", log: Callable[[str], None] | None = print
+) -> dict:
+    """The side-by-side sweep (module docstring): rows, ratios and the peers skipped."""
+    skipped = {}
+    missing = peers.openmm_available()
+    rows = []
+    work, lo, hi, repeats = SIDE_EFFORT[mode]
+    chains, molecules = SIDE_CHAINS[mode]
+    for dtype in (torch.float64, torch.float32):
+        for label, (family, _) in SIDE_CONTENDERS.items():
+            is_openmm = label.startswith("openmm")
+            if is_openmm and (missing or dtype != torch.float64):
+                if missing:
+                    skipped[label] = missing
+                continue  # OpenMM's precision is its own: measured once
+            if label == "numpy_s2" and device != "cpu":
+                continue
+            counts = molecules if family in ("trimer", "chain10") else chains
+            for n in counts:
+                n_steps = int(min(hi, max(lo, work / n)))
+                run_steps = _side_maker(label, n, dtype, device)
+                run_steps(2)  # warm-up
+                clock, times = timer(torch.device(device)), []
+                for _ in range(repeats):
+                    times.append(clock(lambda f=run_steps, k=n_steps: f(k)))
+                t = statistics.median(times)
+                row = {
+                    "sweep": "side_by_side",
+                    "label": label,
+                    "family": family,
+                    "dtype": "float64" if is_openmm else str(dtype).replace("torch.", ""),
+                    "n_chains": n,
+                    "n_steps": n_steps,
+                    "seconds": t,
+                    "chain_steps_per_s": n * n_steps / t,
+                }
+                rows.append(row)
+                if log:
+                    log(
+                        f"side     {label:26s} {row['dtype']:8s} chains {n:7d} steps "
+                        f"{n_steps:4d}: {row['chain_steps_per_s']:12.4g} chain-steps/s"
+                    )
+    return {"rows": rows, "ratios": _side_ratios(rows), "skipped": skipped}
+
+
+def _side_ratios(rows: list[dict]) -> list[dict]:
+    """Each contender's chain-steps/s over its reference's at the same chains and dtype (OpenMM
+    references are float64 only and serve both dtypes)."""
+    speed = {(r["label"], r["dtype"], r["n_chains"]): r["chain_steps_per_s"] for r in rows}
+    out = []
+    for r in rows:
+        ref = SIDE_CONTENDERS[r["label"]][1]
+        if ref is None or ref == r["label"]:
+            continue
+        dtype = "float64" if ref.startswith("openmm") else r["dtype"]
+        base = speed.get((ref, dtype, r["n_chains"]))
+        if base:
+            out.append(
+                {
+                    "label": r["label"],
+                    "reference": ref,
+                    "dtype": r["dtype"],
+                    "n_chains": r["n_chains"],
+                    "ratio": r["chain_steps_per_s"] / base,
+                }
+            )
+    return out
+
+
 def _kind(label: str) -> tuple[str, int | None]:
     return {
         "sphere_s2": ("sphere", 3),
@@ -162,11 +288,13 @@ def run(
     device: str = "cpu",
     dtype=torch.float32,
     log: Callable[[str], None] | None = print,
+    side_only: bool = False,
 ) -> dict:
-    """Both sweeps; returns the JSON-ready record."""
+    """The sweeps (``side_only``: the side-by-side one alone); returns the JSON-ready record."""
     mode = "quick" if quick else "full"
     rows = []
-    for label, values in SWEEPS[mode]["chains"].items():
+    side = side_by_side(mode, device, log)
+    for label, values in ({} if side_only else SWEEPS[mode]["chains"]).items():
         kind, dim = _kind(label)
         for n in values:
             r = measure(kind, dim, n, mode=mode, dtype=dtype, device=device)
@@ -174,7 +302,7 @@ def run(
             rows.append(r)
             if log:
                 log(_fmt(r))
-    for label, values in SWEEPS[mode]["dimension"].items():
+    for label, values in ({} if side_only else SWEEPS[mode]["dimension"]).items():
         kind, _ = _kind(label)
         for d in values:
             r = measure(kind, d, DIMENSION_CHAINS[mode], mode=mode, dtype=dtype, device=device)
@@ -195,7 +323,9 @@ def run(
             "temperature": 1.0,
         },
         "environment": env,
+        "load_average_at_end": list(os.getloadavg()),
         "rows": rows,
+        "side_by_side": side,
     }
 
 
@@ -209,13 +339,32 @@ def _fmt(r: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    """Two log-log panels: throughput against chains, and against the dimension."""
+    """Log-log panels: throughput against chains, against the dimension, and the side-by-side
+    contenders against chains (solid float64, dashed float32)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    side = result.get("side_by_side", {}).get("rows", [])
+    ax = axes[2]
+    for i, label in enumerate(SIDE_CONTENDERS):
+        for dtype, style in (("float64", "o-"), ("float32", "s--")):
+            rows = [r for r in side if r["label"] == label and r["dtype"] == dtype]
+            if rows:
+                ax.plot(
+                    [r["n_chains"] for r in rows],
+                    [r["chain_steps_per_s"] for r in rows],
+                    style,
+                    color=f"C{i % 10}",
+                    label=label if dtype == "float64" else None,
+                )
+    ax.set(xscale="log", yscale="log", xlabel="chains (molecules)", ylabel="chain-steps per s")
+    ax.set_title("side by side (solid float64, dashed float32)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    if side:
+        ax.legend(fontsize=6)
     for ax, sweep, key, xlabel in (
         (axes[0], "chains", "n_chains", "number of chains"),
         (axes[1], "dimension", "dim", "ambient dimension d (S^{d-1}) or n (V(n, 3))"),
@@ -231,7 +380,8 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("chain-steps per second")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        if labels:
+            ax.legend(fontsize=8)
     env = result["environment"]
     fig.suptitle(
         f"Langevin.sample throughput (BAOAB, {result['dtype']}, {env['device']}, "
@@ -249,12 +399,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--side-by-side-only", action="store_true", help="only the side-by-side comparison"
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out_dir = args.out or Path(__file__).parent / "results" / ("quick" if args.quick else "")
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = run(quick=args.quick, device=args.device, dtype=getattr(torch, args.dtype))
+    result = run(
+        quick=args.quick,
+        device=args.device,
+        dtype=getattr(torch, args.dtype),
+        side_only=args.side_by_side_only,
+    )
     (out_dir / "bench_sampler.json").write_text(json.dumps(result, indent=2))
     plot(result, out_dir / "bench_sampler.png")
     print(f"wrote {out_dir / 'bench_sampler.json'} and {out_dir / 'bench_sampler.png'}")

@@ -231,9 +231,7 @@ def eval_schedule(epochs: int) -> list[int]:
     epoch, and every one of the last :data:`LAST` epochs (the 60,000-image evaluation costs
     about half a c-CoLA epoch)."""
     return [
-        e
-        for e in range(1, epochs + 1)
-        if e <= 6 or e in (8, 10) or e % 5 == 0 or e > epochs - LAST
+        e for e in range(1, epochs + 1) if e <= 6 or e in (8, 10) or e % 5 == 0 or e > epochs - LAST
     ]
 
 
@@ -379,7 +377,8 @@ def circle_bounds(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
             }
             if radii is not None and i < len(radii):
                 rho = radii[i].flatten() / r
-                q = torch.quantile(rho.double(), torch.tensor(RADIUS_QUANTILES, dtype=torch.float64))
+                levels = torch.tensor(RADIUS_QUANTILES, dtype=torch.float64)
+                q = torch.quantile(rho.double(), levels)
                 entry.update(
                     rho_min=float(rho.min()),
                     rho_quantiles=[float(v) for v in q],

@@ -83,10 +83,31 @@ def as_time(t: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor
     return torch.as_tensor(t, dtype=like.dtype, device=like.device)
 
 
+SHORT_ROW_MAX = 4
+"""Rows of at most this many entries are summed by `row_sum` as a chain of slice additions:
+torch's CPU reduction over a short last dimension costs 5 to 15 times an elementwise pass
+(measured on ``(10^4, 3)`` float64: 145 us against 9 us for a product)."""
+
+
+def row_sum(t: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
+    """Sum over the last dimension; ``((t_0 + t_1) + t_2) + ...`` for short rows (the order
+    torch's reduction adds them in, so the same bits), ``t.sum(-1)`` otherwise."""
+    n = t.shape[-1]
+    if not 1 < n <= SHORT_ROW_MAX:
+        return t.sum(dim=-1, keepdim=keepdim)
+    k = slice(0, 1) if keepdim else 0
+    out = t[..., k]
+    for i in range(1, n):
+        out = out + t[..., slice(i, i + 1) if keepdim else i]
+    return out
+
+
 def event_sum(t: torch.Tensor, ndim: int, keepdim: bool = False) -> torch.Tensor:
     """Sum over the trailing ``ndim`` event dimensions."""
     if ndim == 0:
         return t
+    if ndim == 1:
+        return row_sum(t, keepdim=keepdim)
     return t.sum(dim=tuple(range(-ndim, 0)), keepdim=keepdim)
 
 

@@ -1,15 +1,18 @@
 """Matrix kernels of the Stiefel manifold's solves: symmetric parts, Gram matrices from their
-upper blocks, fast transposes, reusable buffers, the Newton-Schulz polish and the Lyapunov solves
-of the multiplier equation. Batched over leading dimensions; shapes are Python ints (no host
-sync)."""
+upper blocks, fast transposes, reusable buffers, the Newton-Schulz polish, the Lyapunov solves
+of the multiplier equation and the exponential of small skew matrices. Batched over leading
+dimensions; shapes are Python ints (no host sync)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 __all__ = [
     "GRAM_BLOCKS",
     "NEUMANN_TERMS",
+    "expm_skew",
     "gram",
     "gram_minus_eye",
     "identity",
@@ -112,6 +115,46 @@ def skew(a: torch.Tensor) -> torch.Tensor:
 
 def identity(p: int, like: torch.Tensor) -> torch.Tensor:
     return torch.eye(p, dtype=like.dtype, device=like.device)
+
+
+def expm_skew(a: torch.Tensor) -> torch.Tensor:
+    r"""$e^{a}$ of skew-symmetric ``(..., p, p)`` matrices: closed forms for $p \le 3$.
+
+    - $p = 1$: $a = 0$, $e^a = 1$.
+    - $p = 2$: $a = \theta J$ with $J$ the quarter turn, $e^a = \cos\theta\, I + \sin\theta\, J$.
+    - $p = 3$ (Rodrigues): with the axial vector $\omega$ of $a$ ($a u = \omega \times u$) and
+      $\theta = |\omega|$, $e^a = I + \frac{\sin\theta}{\theta} a +
+      \frac{1 - \cos\theta}{\theta^2} a^2$, $a^2 = \omega\omega^\top - \theta^2 I$; the two
+      coefficients are written as ``sinc`` s ($\sin\theta/\theta = \mathrm{sinc}(\theta/\pi)$,
+      $(1 - \cos\theta)/\theta^2 = \tfrac12 \mathrm{sinc}^2(\theta / 2\pi)$), exact at
+      $\theta \to 0$ without a branch.
+    - $p \ge 4$: ``torch.linalg.matrix_exp``.
+
+    Elementwise work on ``(...,)`` tensors for $p \le 3$ (no batched small products, no host
+    reads); only $a$'s strictly lower triangle is read, so it must be skew already.
+    """
+    p = a.shape[-1]
+    if p == 1:
+        return torch.ones_like(a)
+    if p == 2:
+        theta = a[..., 1, 0]
+        c, s = torch.cos(theta), torch.sin(theta)
+        return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+    if p != 3:
+        return torch.linalg.matrix_exp(a)
+    w1, w2, w3 = a[..., 2, 1], a[..., 0, 2], a[..., 1, 0]
+    theta2 = w1 * w1 + w2 * w2 + w3 * w3
+    theta = torch.sqrt(theta2)
+    c1 = torch.sinc(theta * (1.0 / math.pi))
+    half = torch.sinc(theta * (0.5 / math.pi))
+    c2 = 0.5 * half * half
+    d = 1.0 - c2 * theta2  # the diagonal: 1 + c2 (w_i^2 - theta^2) = 1 - c2 theta^2 + c2 w_i^2
+    rows = (
+        (d + c2 * w1 * w1, c2 * w1 * w2 - c1 * w3, c2 * w1 * w3 + c1 * w2),
+        (c2 * w2 * w1 + c1 * w3, d + c2 * w2 * w2, c2 * w2 * w3 - c1 * w1),
+        (c2 * w3 * w1 - c1 * w2, c2 * w3 * w2 + c1 * w1, d + c2 * w3 * w3),
+    )
+    return torch.stack([torch.stack(r, -1) for r in rows], -2)
 
 
 def gram_minus_eye(t: torch.Tensor) -> torch.Tensor:

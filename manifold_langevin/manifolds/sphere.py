@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_positive
-from .base import ConstrainedManifold, as_time, default_tolerance
+from .base import ConstrainedManifold, as_time, default_tolerance, row_sum
 
 __all__ = ["Sphere"]
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a * b).sum(dim=-1, keepdim=True)
+    return row_sum(a * b, keepdim=True)
 
 
 class Sphere(ConstrainedManifold):
@@ -69,7 +69,7 @@ class Sphere(ConstrainedManifold):
 
     def residual_norm(self, x: torch.Tensor) -> torch.Tensor:
         """Relative violation ``| |x|^2 - r^2 | / r^2`` per chain."""
-        return ((x * x).sum(dim=-1) - self.radius**2).abs() / self.radius**2
+        return (row_sum(x * x) - self.radius**2).abs() / self.radius**2
 
     def tolerance(self, x: torch.Tensor) -> float:
         return self.tol if self.tol is not None else default_tolerance(x.dtype, x.shape[-1])

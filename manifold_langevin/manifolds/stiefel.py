@@ -34,6 +34,7 @@ import torch
 
 from .base import ConstrainedManifold, as_time
 from .frames import (
+    expm_skew,
     gram,
     gram_minus_eye,
     identity,
@@ -520,6 +521,11 @@ class Stiefel(ConstrainedManifold):
         rescaling to $|V(t)| = |V|$: round-off-level corrections that keep float32 from
         drifting over long runs.
 
+        Square matrices ($n = p$, the orthogonal group) take the same flow in its short form:
+        $V = T A$, $T(t) = T e^{tA}$, $V(t) = T(t) A$. The ``p x p`` skew exponentials are in
+        closed form for $p \le 3$ (Rodrigues' formula for SO(3), see
+        [`expm_skew`][manifold_langevin.manifolds.frames.expm_skew]).
+
         Cost: two matrix exponentials (``2p x 2p`` and ``p x p``) and about ten ``N x p x p``
         products, several times a RATTLE step's cost (measured on the performance page). Note
         that ``torch.linalg.matrix_exp`` copies its norms to the host
@@ -540,11 +546,16 @@ class Stiefel(ConstrainedManifold):
         if isinstance(time, torch.Tensor):
             time = time.reshape((*time.shape, 1, 1))
         a = skew(m.mT @ vt)
+        if m.shape[-2] == p:
+            # square (O(p)): V = T A, the flow is T e^{tA} with V(t) = T(t) A; A is exact, so
+            # V(t) is tangent at the polished T(t) and |V(t)| = |A| = |V| to rounding
+            x_t = polish(m @ expm_skew(time * a))
+            return _tall(x_t, wide), _tall(x_t @ a, wide)
         s = sym(vt.mT @ vt)
         eye = identity(p, m).expand_as(a)
         block = torch.cat([torch.cat([a, -s], dim=-1), torch.cat([eye, a], dim=-1)], dim=-2)
         e = torch.linalg.matrix_exp(time * block)
-        r = torch.linalg.matrix_exp(-time * a)
+        r = expm_skew(-time * a)
         mv = torch.cat([m, vt], dim=-1)
         x_t = mv @ (e[..., :, :p] @ r)
         v_t = mv @ (e[..., :, p:] @ r)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from manifold_langevin import cli
 from manifold_langevin.cli.bench import add_bench_parser, run_bench
@@ -72,6 +74,41 @@ def test_bench_sampler_quick_schema(tmp_path):
         assert r["chain_steps_per_s"] > 0 and r["n_steps"] >= 1 and r["n_failures"] == 0
         assert r["chain_steps_per_s"] == pytest.approx(r["n_chains"] * r["n_steps"] / r["seconds"])
     assert (tmp_path / "bench_sampler.png").stat().st_size > 0
+    # side by side: every contender of the library ran in both dtypes; OpenMM ran or was skipped
+    side = result["side_by_side"]
+    ran = {(r["label"], r["dtype"]) for r in side["rows"]}
+    for label in bench_sampler.SIDE_CONTENDERS:
+        if label.startswith("openmm"):
+            assert ((label, "float64") in ran) != (label in side["skipped"])
+        else:
+            assert {(label, "float64"), (label, "float32")} <= ran
+    ratios = {(q["label"], q["dtype"]): q for q in side["ratios"]}
+    speed = {(r["label"], r["dtype"]): r["chain_steps_per_s"] for r in side["rows"]}
+    q = ratios["ml_s2", "float64"]
+    assert q["reference"] == "numpy_s2"
+    assert q["ratio"] == pytest.approx(speed["ml_s2", "float64"] / speed["numpy_s2", "float64"])
+
+
+def test_side_by_side_contenders_simulate_the_same_molecule():
+    """The library's trimer and 10-bead chain keep their bonds (float64, to SHAKE's tolerance),
+    and, when OpenMM is installed, OpenMM's runs of the same molecules keep them to its own
+    tolerance: the two sides simulate one model."""
+    from validation import sampler_peers as peers
+
+    for beads in (3, 10):
+        g = peers.chain_constraint(beads)
+        x = peers.make_ml_molecule(8, beads)(20)
+        assert float(g(x).abs().max()) <= 1e-12
+        angles = peers.chain_angles(x, beads)
+        assert angles.shape == (8, beads - 2) and bool(torch.isfinite(angles).all())
+        if peers.openmm_available() is None:
+            pos = peers.make_openmm_molecule(8, beads, "Reference")(20)
+            y = torch.as_tensor(np.asarray(pos)).reshape(8, 3 * beads)
+            # OpenMM's tolerance is relative to the bond length: |d| / BOND - 1 <= 1e-5
+            assert float(g(y).abs().max()) <= 4e-5 * peers.BOND**2
+    # the NumPy floor stays on the sphere
+    x = peers.make_numpy_s2(50)(30)
+    assert np.abs(np.linalg.norm(x, axis=1) - 1).max() < 1e-12
 
 
 def test_bench_subcommand(tmp_path):
