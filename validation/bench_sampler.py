@@ -28,7 +28,9 @@ trimer and the 10-bead chain through ``ImplicitManifold`` against OpenMM's Refer
 platforms (skipped, and said so in the JSON, when openmm is not installed; its rows are
 labelled float64, OpenMM's own precision on those platforms). ``ratios`` in the JSON divide
 each contender's chain-steps/s by the reference's at the same chain count and dtype (NumPy on
-S^2, ``Sphere()`` for the implicit sphere, OpenMM Reference for the molecules).
+S^2, ``Sphere()`` for the implicit sphere, the general-formula geodesic for SO(3) and
+V(10, 3), OpenMM Reference for the molecules). With ``--side-by-side-only`` the outputs are
+``bench_sampler_side.json`` and ``bench_sampler_side.png``.
 
 Run ``python -m validation.bench_sampler [--quick] [--device D] [--side-by-side-only]``;
 writes ``bench_sampler.json`` and ``bench_sampler.png`` to ``--out`` (default
@@ -172,8 +174,10 @@ SIDE_CONTENDERS = {
     "numpy_s2": ("s2", "numpy_s2"),
     "ml_s2": ("s2", "numpy_s2"),
     "ml_s2_implicit": ("s2", "ml_s2"),
-    "ml_so3": ("stiefel", None),
-    "ml_stiefel_10x3": ("stiefel", None),
+    "ml_so3": ("stiefel", "ml_so3_general"),
+    "ml_so3_general": ("stiefel", "ml_so3_general"),
+    "ml_stiefel_10x3": ("stiefel", "ml_stiefel_10x3_general"),
+    "ml_stiefel_10x3_general": ("stiefel", "ml_stiefel_10x3_general"),
     "ml_trimer": ("trimer", "openmm_reference_trimer"),
     "openmm_reference_trimer": ("trimer", "openmm_reference_trimer"),
     "openmm_cpu_trimer": ("trimer", "openmm_reference_trimer"),
@@ -192,10 +196,10 @@ def _side_maker(label: str, n: int, dtype: torch.dtype, device: str):
         return peers.make_ml_s2(n, dtype, device=device)
     if label == "ml_s2_implicit":
         return peers.make_ml_s2(n, dtype, implicit=True, device=device)
-    if label == "ml_so3":
-        return peers.make_ml_stiefel(n, 3, dtype=dtype, device=device)
-    if label == "ml_stiefel_10x3":
-        return peers.make_ml_stiefel(n, 10, dtype=dtype, device=device)
+    if label.startswith(("ml_so3", "ml_stiefel")):
+        rows = 3 if label.startswith("ml_so3") else 10
+        general = label.endswith("_general")
+        return peers.make_ml_stiefel(n, rows, dtype=dtype, device=device, general=general)
     if label.startswith("ml_"):
         return peers.make_ml_molecule(n, beads, dtype, device=device)
     platform = "Reference" if "reference" in label else "CPU"
@@ -413,9 +417,10 @@ def main(argv: list[str] | None = None) -> int:
         dtype=getattr(torch, args.dtype),
         side_only=args.side_by_side_only,
     )
-    (out_dir / "bench_sampler.json").write_text(json.dumps(result, indent=2))
-    plot(result, out_dir / "bench_sampler.png")
-    print(f"wrote {out_dir / 'bench_sampler.json'} and {out_dir / 'bench_sampler.png'}")
+    stem = "bench_sampler_side" if args.side_by_side_only else "bench_sampler"
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    plot(result, out_dir / f"{stem}.png")
+    print(f"wrote {out_dir / f'{stem}.json'} and {out_dir / f'{stem}.png'}")
     return 0
 
 

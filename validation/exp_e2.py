@@ -51,8 +51,9 @@ per-seed records and the aggregation.
 
 Outputs (``--out``, default ``validation/results``; ``--quick`` writes to ``<out>/quick``):
 ``exp_e2.json`` (settings, tuning tables, every curve, per-seed and aggregated summaries, a
-markdown ``table``, constraint residuals, timings) and ``exp_e2.png`` (test loss, test accuracy
-and training loss against epochs: mean over seeds with a +-1 std band).
+markdown ``table``, constraint residuals, timings), ``exp_e2.png`` (test loss, test accuracy
+and training loss against epochs: mean over seeds with a +-1 std band) and, when circle runs
+recorded their bounds, ``exp_e2_bounds.png`` (:func:`plot_bounds`).
 
 Threads: ``--threads`` defaults to 1. Measured on the shared 2-core machine this was written on
 (load average about 3): a c-CoLA step of this MLP took 80 ms with 2 intra-op threads and 8-16 ms
@@ -120,6 +121,9 @@ class Method:
         grid: its candidate values.
         init: ``"default"`` (PyTorch's) or ``"orthogonal"`` (QR of the weights that o-CoLA would
             constrain, for an unconstrained optimizer started like o-CoLA).
+        criterion: the tuning criterion (a key of :data:`CRITERIA`).
+        tune_full: tune over the full training horizon (``epochs``) instead of
+            ``tune_epochs`` (for a criterion that reads the late epochs).
     """
 
     key: str
@@ -129,6 +133,8 @@ class Method:
     tune: str | None = None
     grid: tuple = ()
     init: str = "default"
+    criterion: str = "best"
+    tune_full: bool = False
 
     def with_value(self, value) -> dict:
         """The optimizer's keyword arguments with the tuned hyperparameter set to ``value``."""
@@ -150,6 +156,12 @@ METHODS = (
     # bias handling: the biases on circles of radius r1 too (the paper leaves them free)
     Method("cola_biases", "c-CoLA-ud, T=0, biases constrained too", "cola-circle-all",
            {"lr": 0.3, "friction": 1.0, "temperature": 0.0}),
+    # the library's setting against the released scheme: radii chosen on the validation split
+    # by the late validation loss (the output layer's bound is the active one)
+    Method("cola_radius", "c-CoLA-ud, T=0, radii chosen on validation", "cola-circle",
+           {"lr": 0.3, "friction": 1.0, "temperature": 0.0}, tune="radius",
+           grid=((0.05, 0.1), (0.05, 0.07), (0.05, 0.05), (0.035, 0.05)),
+           criterion="last_loss", tune_full=True),
     Method("cola_free", "CoLA-ud unconstrained (same h, gamma)", "cola-free",
            {"lr": 0.3, "friction": 1.0, "temperature": 0.0}),
     Method("sgd", "SGD, momentum 0.9", "sgd", {"momentum": 0.9},
@@ -159,7 +171,12 @@ METHODS = (
 #: run by default; ``cola_t`` (not the paper's setting: E2 used T = 0) and ``released`` (the
 #: baseline ``validation.released_circle``) only with --method
 DEFAULT_METHODS = ("cola_t0", "cola_free", "sgd", "adam")
-QUICK_GRIDS = {"cola_t": (1e-5,), "sgd": (0.1,), "adam": (1e-3,)}
+QUICK_GRIDS = {
+    "cola_t": (1e-5,),
+    "sgd": (0.1,),
+    "adam": (1e-3,),
+    "cola_radius": ((0.05, 0.1), (0.05, 0.05)),
+}
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -418,6 +435,7 @@ def summarize(rec: dict) -> dict:
 CRITERIA = {
     "best": "highest validation accuracy at any epoch (ties: lower validation loss)",
     "final": "highest validation accuracy after the last tuning epoch (ties: lower loss)",
+    "last_loss": f"lowest mean validation loss over the last {LAST} tuning epochs",
 }
 
 
@@ -434,7 +452,9 @@ def tune(
 
     ``criterion``: ``"best"`` picks the value with the highest validation accuracy at any epoch
     (what early stopping would reach), ``"final"`` the highest at the last epoch (penalises
-    unstable steps whose accuracy peaks and then falls). Returns ``{"grid": [...], "runs": [...],
+    unstable steps whose accuracy peaks and then falls), ``"last_loss"`` the lowest mean
+    validation loss over the last :data:`LAST` epochs (the statistic the summary reports on
+    the evaluation set). Returns ``{"grid": [...], "runs": [...],
     "chosen": value, "criterion": ...}``; each run has the best and final validation
     accuracy/loss and CoLA's rejected-step count.
     """
@@ -463,14 +483,19 @@ def tune(
                 "best_val_loss": float(loss.min()) if loss.size else float("nan"),
                 "final_val_acc": float(acc[-1]) if acc.size else float("nan"),
                 "final_val_loss": float(loss[-1]) if loss.size else float("nan"),
+                "last_val_loss": float(loss[-LAST:].mean()) if loss.size else float("nan"),
                 "diverged": "diverged_at" in rec,
                 "n_rejected": rec["n_rejected"],
                 "seconds": rec["seconds"],
             }
         )
     ok = [r for r in runs if not r["diverged"] and math.isfinite(r["best_val_acc"])] or runs
-    which = "best" if criterion == "best" else "final"
-    best = max(ok, key=lambda r: (r[f"{which}_val_acc"], -r[f"{which}_val_loss"]))
+    if criterion == "last_loss":
+        ok = [r for r in ok if math.isfinite(r["last_val_loss"])] or ok
+        best = min(ok, key=lambda r: r["last_val_loss"])
+    else:
+        which = "best" if criterion == "best" else "final"
+        best = max(ok, key=lambda r: (r[f"{which}_val_acc"], -r[f"{which}_val_loss"]))
     return {
         "parameter": method.tune,
         "grid": values,
@@ -637,6 +662,9 @@ def markdown_table(
 def analyze(result: dict) -> dict:
     """(Re)compute ``summary``, ``matched_train_loss`` and ``table`` of a result from its runs."""
     runs, methods, meta = result["runs"], result["methods"], result["meta"]
+    for rs in runs.values():
+        for rec in rs:  # the per-run summary from its curves (older files lack some keys)
+            rec.update(summarize(rec))
     result["summary"] = {k: aggregate(v) for k, v in runs.items()}
     result["matched_train_loss"] = matched_train_loss(runs)
     labels = {k: m["label"] for k, m in methods.items()}
@@ -693,6 +721,58 @@ def plot(summary: dict, labels: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_bounds(result: dict, path: Path, seed: int = 0) -> bool:
+    """The circle constraints over training, one seed: per weight the share of entries at the
+    bound (``|w| >= 0.99 r``) and, for the released scheme, the effective radius
+    ``rho / r`` (median and the 10% and 1% quantiles over the entries). Returns whether there
+    was anything to plot (runs without ``bounds`` are skipped)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {
+        k: next((r for r in rs if r["seed"] == seed and r.get("bounds")), None)
+        for k, rs in result["runs"].items()
+    }
+    runs = {k: r for k, r in runs.items() if r is not None}
+    if not runs:
+        return False
+    names = list(runs[next(iter(runs))]["bounds"][0].keys() - {"epoch"})
+    names = sorted(n for n in names if n.endswith("weight"))
+    labels = {k: v["label"] for k, v in result["methods"].items()}
+    fig, axes = plt.subplots(2, len(names), figsize=(6 * len(names), 8), squeeze=False)
+    for i, (key, rec) in enumerate(runs.items()):
+        color = f"C{i}"
+        ep = [b["epoch"] for b in rec["bounds"]]
+        for j, name in enumerate(names):
+            at = [b[name]["at_bound"] for b in rec["bounds"]]
+            axes[0, j].plot(ep, at, color=color, label=labels[key])
+            if "rho_min" in rec["bounds"][-1][name]:
+                pts = [(b["epoch"], b[name]) for b in rec["bounds"] if "rho_quantiles" in b[name]]
+                e = [p for p, _ in pts]
+                q = np.asarray([b["rho_quantiles"] for _, b in pts])
+                axes[1, j].plot(e, q[:, 2], color=color, label=f"{labels[key]}: median")
+                axes[1, j].plot(e, q[:, 1], color=color, ls="--", label="10% quantile")
+                axes[1, j].plot(e, q[:, 0], color=color, ls=":", label="1% quantile")
+    for j, name in enumerate(names):
+        axes[0, j].set(
+            xlabel="epoch", ylabel="share of |w| >= 0.99 r", title=f"{name}: at the bound"
+        )
+        axes[1, j].set(
+            xlabel="epoch", ylabel="rho / r", title=f"{name}: effective radius sqrt(w^2 + xi^2)"
+        )
+        for ax in axes[:, j]:
+            ax.grid(alpha=0.3)
+        axes[0, j].legend(fontsize=7)
+        axes[1, j].legend(fontsize=7)
+    fig.suptitle(f"E2, seed {seed}: the circle constraints over training", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 # ---------------------------------------------------------------------------- driver
 
 
@@ -728,7 +808,8 @@ def run(
             tuning[m.key] = done.tuning[m.key]
         else:
             t0 = time.perf_counter()
-            tuning[m.key] = tune(m, data, tune_epochs, seed=1000, grid=grid)
+            horizon = epochs if m.tune_full else tune_epochs
+            tuning[m.key] = tune(m, data, horizon, seed=1000, grid=grid, criterion=m.criterion)
             tuning[m.key]["seconds"] = time.perf_counter() - t0
             done.tuning[m.key] = tuning[m.key]
             done.save()
@@ -883,6 +964,7 @@ def main(argv: list[str] | None = None) -> int:
         f"E2: MLP 784-1000-10 on Fashion-MNIST, {meta['n_train']} training images, "
         f"evaluated on {meta['n_eval']}; mean ± 1 std over {seeds} seed(s)",
     )
+    plot_bounds(result, out / "exp_e2_bounds.png")
     (out / "exp_e2.json").write_text(json.dumps(result, indent=1))
     if not args.quick:
         print(result["table"])

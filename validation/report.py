@@ -574,6 +574,76 @@ def gpu_section(img: Path, cpu_optim: dict, cpu_sampler: dict) -> str:
     )
 
 
+#: side-by-side targets: (label, dtype, chains, reference text, needed ratio)
+SIDE_TARGETS = (
+    ("ml_s2", "float64", 10_000, "the NumPy BAOAB loop on S^2", 3.0),
+    ("ml_s2_implicit", "float64", 10_000, "`Sphere()` (ratio within 2x)", 0.5),
+    ("ml_so3", "float64", 10_000, "the general-formula geodesic on SO(3)", 5.0),
+    ("ml_stiefel_10x3", "float64", 10_000, "the general-formula geodesic on V(10, 3)", 5.0),
+    ("ml_trimer", "float64", 4_000, "OpenMM Reference, rigid trimer", 1.0),
+    ("ml_chain10", "float64", 4_000, "OpenMM Reference, 10-bead chain", 1.0),
+)
+
+
+def _side_table(side: dict) -> str:
+    ratio = {(q["label"], q["dtype"], q["n_chains"]): q for q in side["ratios"]}
+    out = [
+        "| family | contender | dtype | chains | steps | chain-steps / s | ratio | reference |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in side["rows"]:
+        q = ratio.get((r["label"], r["dtype"], r["n_chains"]))
+        against = (f"{q['ratio']:.3g}", q["reference"]) if q else ("", "")
+        out.append(
+            f"| {r['family']} | {r['label']} | {r['dtype']} | {r['n_chains']:,} | "
+            f"{r['n_steps']} | {r['chain_steps_per_s']:,.0f} | {against[0]} | {against[1]} |"
+        )
+    return "\n".join(out)
+
+
+def _side_targets(side: dict) -> str:
+    ratio = {(q["label"], q["dtype"], q["n_chains"]): q["ratio"] for q in side["ratios"]}
+    out = ["| contender | against | chains | ratio | target | met |", "|---|---|---|---|---|---|"]
+    for label, dtype, n, against, need in SIDE_TARGETS:
+        got = ratio.get((label, dtype, n))
+        if got is None:
+            out.append(f"| {label} ({dtype}) | {against} | {n:,} | not measured | >= {need:g} | |")
+            continue
+        out.append(
+            f"| {label} ({dtype}) | {against} | {n:,} | {got:.3g} | >= {need:g} | "
+            f"{'yes' if got >= need else 'no'} |"
+        )
+    return "\n".join(out)
+
+
+def side_by_side_section(img: Path) -> str:
+    """The side-by-side part of ``docs/performance.md`` (empty if that run is missing)."""
+    for name in ("bench_sampler_side", "bench_sampler"):
+        path = RESULTS / f"{name}.json"
+        if path.exists():
+            result = json.loads(path.read_text())
+            if result.get("side_by_side", {}).get("rows"):
+                break
+    else:
+        return ""
+    side = result["side_by_side"]
+    png = RESULTS / f"{name}.png"
+    if png.exists():
+        shutil.copy(png, img / "bench_sampler_side.png")
+    skipped = "".join(f" Skipped: {k} ({v})." for k, v in side.get("skipped", {}).items())
+    load = result.get("load_average_at_end")
+    return fill(
+        "performance/side_by_side",
+        environment=_environment_line(result["environment"], "float64 and float32"),
+        load=" / ".join(f"{v:.1f}" for v in load) if load else "not recorded",
+        source=f"validation/results/{name}.json",
+        skipped=skipped,
+        table=_side_table(side),
+        targets=_side_targets(side),
+        reading=fill("performance/side_by_side_reading"),
+    )
+
+
 def _ms(v: float) -> str:
     return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
 
@@ -604,6 +674,7 @@ def performance(img: Path, docs: Path) -> None:
         temperature=f"{st['temperature']:g}",
         sampler_tables=_sampler_tables(smp["rows"]),
         sampler_reading=_sampler_reading(smp["rows"]),
+        side_by_side=side_by_side_section(img),
         gpu_section=gpu_section(img, opt, smp),
     )
     _write(docs / "performance.md", text)

@@ -11,7 +11,10 @@ benchmark times ``run`` (``validation.bench_sampler``, sweep ``side_by_side``).
 * ``ml_s2`` / ``ml_s2_implicit``: the library's ``Langevin`` on ``Sphere()`` and on the same
   sphere as ``ImplicitManifold(|x|^2 - 1)``, the potential's gradient from autograd.
 * ``ml_so3`` / ``ml_stiefel_10x3``: ``Stiefel()`` 3 x 3 and 10 x 3 (exact geodesic), potential
-  ``-tr(F^T X)``.
+  ``-tr(F^T X)``; ``ml_so3_general`` / ``ml_stiefel_10x3_general``: the same with the geodesic
+  computed by the general formula with ``torch.linalg.matrix_exp`` for both exponentials
+  (:class:`GeneralFormulaStiefel`, the library's code before the closed forms), the baseline
+  of that lever measured in the same run.
 * ``ml_molecule`` / ``openmm_molecule``: a chain of ``n_beads`` atoms of unit mass (amu) with
   rigid bonds of length :data:`BOND` nm between neighbours and a harmonic angle potential
   ``k/2 (theta - theta0)^2`` (``k =`` :data:`ANGLE_K` kJ/mol/rad^2, ``theta0 =``
@@ -37,6 +40,7 @@ import torch
 import manifold_langevin as ml
 
 __all__ = [
+    "GeneralFormulaStiefel",
     "ANGLE_0",
     "ANGLE_K",
     "BOND",
@@ -140,13 +144,48 @@ def make_ml_s2(
     return _sampler_run(sampler, x0.to(device), seed)
 
 
+class GeneralFormulaStiefel(ml.Stiefel):
+    r"""``Stiefel()`` whose geodesic takes the general formula for every shape: Edelman, Arias
+    & Smith's $[T, V] e^{t\mathcal A} \binom{I}{0} e^{-tA}$ with both exponentials from
+    ``torch.linalg.matrix_exp`` (no short form for square matrices, no closed forms), followed
+    by the library's polish, projection and speed rescaling. A benchmark baseline only."""
+
+    def geodesic(self, x, v, t):
+        p = x.shape[-1]
+        if x.shape[-2] < p:
+            xt, vt = self.geodesic(x.mT, v.mT, t)
+            return xt.mT, vt.mT
+        a = 0.5 * (x.mT @ v - v.mT @ x)
+        s = 0.5 * (v.mT @ v + (v.mT @ v).mT)
+        eye = torch.eye(p, dtype=x.dtype, device=x.device).expand_as(a)
+        block = torch.cat([torch.cat([a, -s], -1), torch.cat([eye, a], -1)], -2)
+        e = torch.linalg.matrix_exp(t * block)
+        r = torch.linalg.matrix_exp(-t * a)
+        xv = torch.cat([x, v], -1)
+        x_t = xv @ (e[..., :, :p] @ r)
+        v_t = xv @ (e[..., :, p:] @ r)
+        x_t = x_t - 0.5 * (x_t @ (x_t.mT @ x_t - torch.eye(p, dtype=x.dtype, device=x.device)))
+        g = x_t.mT @ v_t
+        v_t = v_t - x_t @ (0.5 * (g + g.mT))
+        speed0 = torch.linalg.matrix_norm(v, keepdim=True)
+        speed1 = torch.linalg.matrix_norm(v_t, keepdim=True)
+        return x_t, v_t * torch.where(speed1 > 0, speed0 / speed1.clamp_min(1e-300), 1.0)
+
+
 def make_ml_stiefel(
-    n_chains: int, n: int, p: int = 3, dtype=torch.float64, seed: int = 0, device="cpu"
+    n_chains: int,
+    n: int,
+    p: int = 3,
+    dtype=torch.float64,
+    seed: int = 0,
+    device="cpu",
+    general: bool = False,
 ) -> Callable[[int], torch.Tensor]:
-    """The library's BAOAB (exact geodesic) on V(n, p), potential ``-tr(F^T X)``."""
+    """The library's BAOAB (exact geodesic) on V(n, p), potential ``-tr(F^T X)``
+    (``general=True``: through :class:`GeneralFormulaStiefel`)."""
     gen = torch.Generator().manual_seed(seed)
     f = torch.randn(n, p, generator=gen, dtype=dtype).to(device)
-    m = ml.Stiefel()
+    m = GeneralFormulaStiefel() if general else ml.Stiefel()
     sampler = ml.Langevin(
         m,
         potential=lambda x: -(x * f).sum((-2, -1)),
