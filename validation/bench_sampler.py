@@ -206,6 +206,34 @@ def _side_maker(label: str, n: int, dtype: torch.dtype, device: str):
     return peers.make_openmm_molecule(n, beads, platform)
 
 
+#: profiler events that launch no computation (views, allocations, metadata)
+_NOT_KERNELS = frozenset(
+    "aten::" + n
+    for n in (
+        "empty empty_strided empty_like as_strided view expand select slice unsqueeze squeeze t "
+        "transpose permute reshape alias detach lift_fresh _reshape_alias resolve_conj "
+        "resolve_neg result_type unbind split chunk diagonal unflatten flatten _unsafe_view "
+        "set_ item _local_scalar_dense is_nonzero"
+    ).split()
+)
+
+
+def kernels_per_step(run_steps: Callable[[int], object], n_steps: int = 2) -> float:
+    """Computing torch operations per step of ``run_steps`` (leaf ``aten::`` events of the
+    profiler, views and allocations left out): the eager step's launch count, which bounds its
+    speed where each launch costs more than its arithmetic."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        run_steps(n_steps)
+    leaves = [
+        e
+        for e in prof.events()
+        if e.name.startswith("aten::") and not e.cpu_children and e.name not in _NOT_KERNELS
+    ]
+    return len(leaves) / n_steps
+
+
 def side_by_side(
     mode: str = "full", device: str = "cpu", log: Callable[[str], None] | None = print
 ) -> dict:
@@ -233,6 +261,7 @@ def side_by_side(
                 for _ in range(repeats):
                     times.append(clock(lambda f=run_steps, k=n_steps: f(k)))
                 t = statistics.median(times)
+                kernels = kernels_per_step(run_steps) if label.startswith("ml_") else None
                 row = {
                     "sweep": "side_by_side",
                     "label": label,
@@ -242,6 +271,7 @@ def side_by_side(
                     "n_steps": n_steps,
                     "seconds": t,
                     "chain_steps_per_s": n * n_steps / t,
+                    "torch_kernels_per_step": kernels,
                 }
                 rows.append(row)
                 if log:

@@ -588,15 +588,18 @@ SIDE_TARGETS = (
 def _side_table(side: dict) -> str:
     ratio = {(q["label"], q["dtype"], q["n_chains"]): q for q in side["ratios"]}
     out = [
-        "| family | contender | dtype | chains | steps | chain-steps / s | ratio | reference |",
-        "|---|---|---|---|---|---|---|---|",
+        "| family | contender | dtype | chains | steps | chain-steps / s | torch kernels per step "
+        "| ratio | reference |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in side["rows"]:
         q = ratio.get((r["label"], r["dtype"], r["n_chains"]))
         against = (f"{q['ratio']:.3g}", q["reference"]) if q else ("", "")
+        k = r.get("torch_kernels_per_step")
         out.append(
             f"| {r['family']} | {r['label']} | {r['dtype']} | {r['n_chains']:,} | "
-            f"{r['n_steps']} | {r['chain_steps_per_s']:,.0f} | {against[0]} | {against[1]} |"
+            f"{r['n_steps']} | {r['chain_steps_per_s']:,.0f} | {'' if k is None else f'{k:.0f}'} "
+            f"| {against[0]} | {against[1]} |"
         )
     return "\n".join(out)
 

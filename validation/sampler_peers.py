@@ -40,11 +40,11 @@ import torch
 import manifold_langevin as ml
 
 __all__ = [
-    "GeneralFormulaStiefel",
     "ANGLE_0",
     "ANGLE_K",
     "BOND",
     "KT_300K",
+    "GeneralFormulaStiefel",
     "chain_angles",
     "chain_constraint",
     "make_ml_molecule",
