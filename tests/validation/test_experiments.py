@@ -297,3 +297,23 @@ def test_circle_bounds_record_the_released_radius_shrink(rotation):
     held = exp_e2.circle_bounds(net, cola)
     assert set(held) == {"1.weight", "3.weight"}
     assert all(set(b) == {"max_abs", "at_bound"} for b in held.values())
+
+
+def test_the_train_command_reproduces_the_e2_cola_rows(tmp_path):
+    """``manifold-langevin train`` with its Fashion-MNIST defaults is the E2 script's
+    ``cola_t0`` run (same initialisation, noise, shuffling and evaluation set): the same
+    per-epoch training losses, and the same held-out loss up to the evaluation's float32
+    summation order. The experiments page quotes this command for the CoLA rows."""
+    from manifold_langevin.cli import main as cli_main
+
+    out = tmp_path / "run"
+    argv = ["train", "--epochs", "2", "--train-size", "512", "--seed", "3", "--threads", "1"]
+    assert cli_main([*argv, "--out", str(out), "--no-progress"]) == 0
+    history = json.loads((out / "history.json").read_text())["epochs"]
+    data = exp_e2.split_data(n_train=512, n_val=128)
+    method = next(m for m in exp_e2.METHODS if m.key == "cola_t0")
+    rec = exp_e2.train_run(method, dict(method.hyper), data["train"], data["eval"], 2, 3, [1, 2])
+    assert [r["train_loss"] for r in history] == rec["train_loss"]
+    for r, loss, acc in zip(history, rec["test_loss"], rec["test_acc"]):
+        assert r["heldout_loss"] == pytest.approx(loss, rel=1e-6)
+        assert r["heldout_acc"] == pytest.approx(acc, abs=1e-12)
