@@ -178,30 +178,46 @@ SIDE_CONTENDERS = {
     "ml_so3_general": ("stiefel", "ml_so3_general"),
     "ml_stiefel_10x3": ("stiefel", "ml_stiefel_10x3_general"),
     "ml_stiefel_10x3_general": ("stiefel", "ml_stiefel_10x3_general"),
+    "ml_s2_compiled": ("s2", "numpy_s2"),
+    "ml_so3_compiled": ("stiefel", "ml_so3_general"),
+    "ml_stiefel_10x3_compiled": ("stiefel", "ml_stiefel_10x3_general"),
     "ml_trimer": ("trimer", "openmm_reference_trimer"),
+    "ml_trimer_compiled": ("trimer", "openmm_reference_trimer"),
     "openmm_reference_trimer": ("trimer", "openmm_reference_trimer"),
     "openmm_cpu_trimer": ("trimer", "openmm_reference_trimer"),
     "ml_chain10": ("chain10", "openmm_reference_chain10"),
+    "ml_chain10_compiled": ("chain10", "openmm_reference_chain10"),
     "openmm_reference_chain10": ("chain10", "openmm_reference_chain10"),
     "openmm_cpu_chain10": ("chain10", "openmm_reference_chain10"),
 }
 
 
+#: the compiled contenders run at these chain counts only (each count and dtype is one
+#: compilation, seconds to a minute): (S^2 and Stiefel, molecules), float64
+COMPILED_CHAINS = {"full": (10_000, 4_000), "quick": (10, 4)}
+#: in quick mode only this compiled contender runs (each compilation takes seconds)
+QUICK_COMPILED = ("ml_s2_compiled",)
+
+
 def _side_maker(label: str, n: int, dtype: torch.dtype, device: str):
     np_dtype = {torch.float64: "float64", torch.float32: "float32"}[dtype]
+    compile = label.endswith("_compiled")
+    label = label.removesuffix("_compiled")
     beads = 3 if label.endswith("trimer") else 10
     if label == "numpy_s2":
         return peers.make_numpy_s2(n, dtype=np_dtype)
     if label == "ml_s2":
-        return peers.make_ml_s2(n, dtype, device=device)
+        return peers.make_ml_s2(n, dtype, device=device, compile=compile)
     if label == "ml_s2_implicit":
         return peers.make_ml_s2(n, dtype, implicit=True, device=device)
     if label.startswith(("ml_so3", "ml_stiefel")):
         rows = 3 if label.startswith("ml_so3") else 10
         general = label.endswith("_general")
-        return peers.make_ml_stiefel(n, rows, dtype=dtype, device=device, general=general)
+        return peers.make_ml_stiefel(
+            n, rows, dtype=dtype, device=device, general=general, compile=compile
+        )
     if label.startswith("ml_"):
-        return peers.make_ml_molecule(n, beads, dtype, device=device)
+        return peers.make_ml_molecule(n, beads, dtype, device=device, compile=compile)
     platform = "Reference" if "reference" in label else "CPU"
     return peers.make_openmm_molecule(n, beads, platform)
 
@@ -253,6 +269,10 @@ def side_by_side(
             if label == "numpy_s2" and device != "cpu":
                 continue
             counts = molecules if family in ("trimer", "chain10") else chains
+            if label.endswith("_compiled"):
+                if dtype != torch.float64 or (mode == "quick" and label not in QUICK_COMPILED):
+                    continue
+                counts = [COMPILED_CHAINS[mode][family in ("trimer", "chain10")]]
             for n in counts:
                 n_steps = int(min(hi, max(lo, work / n)))
                 run_steps = _side_maker(label, n, dtype, device)
@@ -261,7 +281,8 @@ def side_by_side(
                 for _ in range(repeats):
                     times.append(clock(lambda f=run_steps, k=n_steps: f(k)))
                 t = statistics.median(times)
-                kernels = kernels_per_step(run_steps) if label.startswith("ml_") else None
+                eager = label.startswith("ml_") and not label.endswith("_compiled")
+                kernels = kernels_per_step(run_steps) if eager else None
                 row = {
                     "sweep": "side_by_side",
                     "label": label,

@@ -194,8 +194,11 @@ def experiments(img: Path, docs: Path) -> None:
     for png in ("exp_e2.png", "exp_orthogonal_cnn.png", "exp_orthogonal_deep.png", "spiral.png"):
         shutil.copy(RESULTS / png, img / png)
     st = spiral["meta"]["settings"]
+    from validation.report_e2 import e2_released_section  # it imports this module
+
     text = fill(
         "experiments/page",
+        e2_released=e2_released_section(img),
         e2_n_train=f"{e2['meta']['n_train']:,}",
         e2_n_eval=f"{e2['meta']['n_eval']:,}",
         e2_table=e2["table"],

@@ -15,6 +15,8 @@ benchmark times ``run`` (``validation.bench_sampler``, sweep ``side_by_side``).
   computed by the general formula with ``torch.linalg.matrix_exp`` for both exponentials
   (:class:`GeneralFormulaStiefel`, the library's code before the closed forms), the baseline
   of that lever measured in the same run.
+* ``*_compiled``: the library's contenders with the step through ``CompiledStep`` (what
+  ``sample(..., compile=True)`` runs: ``torch.compile`` of the step, its noise drawn eagerly).
 * ``ml_molecule`` / ``openmm_molecule``: a chain of ``n_beads`` atoms of unit mass (amu) with
   rigid bonds of length :data:`BOND` nm between neighbours and a harmonic angle potential
   ``k/2 (theta - theta0)^2`` (``k =`` :data:`ANGLE_K` kJ/mol/rad^2, ``theta0 =``
@@ -38,6 +40,7 @@ import numpy as np
 import torch
 
 import manifold_langevin as ml
+from manifold_langevin.sampling.compiled import CompiledStep
 
 __all__ = [
     "ANGLE_0",
@@ -107,15 +110,20 @@ def make_numpy_s2(n_chains: int, dtype=np.float64, seed: int = 0) -> Callable[[i
 
 
 # ---------------------------------------------------------------------------- the library
-def _sampler_run(sampler: ml.Langevin, x0: torch.Tensor, seed: int) -> Callable[[int], object]:
+def _sampler_run(
+    sampler: ml.Langevin, x0: torch.Tensor, seed: int, compile: bool = False
+) -> Callable[[int], object]:
+    """``run(n_steps)`` of the sampler's step in a loop; ``compile``: the step through
+    ``CompiledStep`` (what ``sample(..., compile=True)`` runs)."""
     gen = torch.Generator(device=x0.device).manual_seed(seed)
     state = {"s": sampler.init(x0, generator=gen)}
+    step = CompiledStep(sampler) if compile else sampler.step
 
     @torch.no_grad()
     def run(n_steps: int):
         s = state["s"]
         for _ in range(n_steps):
-            s, _, _ = sampler.step(s, gen)
+            s, _, _ = step(s, gen)
         state["s"] = s
         return s.x
 
@@ -123,7 +131,12 @@ def _sampler_run(sampler: ml.Langevin, x0: torch.Tensor, seed: int) -> Callable[
 
 
 def make_ml_s2(
-    n_chains: int, dtype=torch.float64, seed: int = 0, implicit: bool = False, device="cpu"
+    n_chains: int,
+    dtype=torch.float64,
+    seed: int = 0,
+    implicit: bool = False,
+    device="cpu",
+    compile: bool = False,
 ) -> Callable[[int], torch.Tensor]:
     """The library's BAOAB on S^2 with the vMF potential (gradient by autograd), on ``Sphere()``
     or (``implicit=True``) on ``ImplicitManifold(|x|^2 - 1)``."""
@@ -141,7 +154,7 @@ def make_ml_s2(
         temperature=TEMPERATURE,
     )
     x0 = torch.nn.functional.normalize(torch.randn(n_chains, 3, generator=gen, dtype=dtype), dim=-1)
-    return _sampler_run(sampler, x0.to(device), seed)
+    return _sampler_run(sampler, x0.to(device), seed, compile)
 
 
 class GeneralFormulaStiefel(ml.Stiefel):
@@ -180,6 +193,7 @@ def make_ml_stiefel(
     seed: int = 0,
     device="cpu",
     general: bool = False,
+    compile: bool = False,
 ) -> Callable[[int], torch.Tensor]:
     """The library's BAOAB (exact geodesic) on V(n, p), potential ``-tr(F^T X)``
     (``general=True``: through :class:`GeneralFormulaStiefel`)."""
@@ -194,7 +208,7 @@ def make_ml_stiefel(
         temperature=TEMPERATURE,
     )
     x0 = m.random(n_chains, n, p, dtype=dtype, generator=gen).to(device)
-    return _sampler_run(sampler, x0, seed)
+    return _sampler_run(sampler, x0, seed, compile)
 
 
 # ---------------------------------------------------------------------------- molecules
@@ -236,7 +250,12 @@ def _chain_positions(n_chains: int, n_beads: int, rng: np.random.Generator) -> n
 
 
 def make_ml_molecule(
-    n_chains: int, n_beads: int, dtype=torch.float64, seed: int = 0, device="cpu"
+    n_chains: int,
+    n_beads: int,
+    dtype=torch.float64,
+    seed: int = 0,
+    device="cpu",
+    compile: bool = False,
 ) -> Callable[[int], torch.Tensor]:
     """The molecule through ``ImplicitManifold`` and ``Langevin`` (BAOAB), one chain per
     molecule."""
@@ -254,7 +273,7 @@ def make_ml_molecule(
         friction=MD_FRICTION,
         temperature=KT_300K,
     )
-    return _sampler_run(sampler, x0, seed)
+    return _sampler_run(sampler, x0, seed, compile)
 
 
 def openmm_available() -> str | None:

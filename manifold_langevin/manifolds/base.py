@@ -111,6 +111,14 @@ def event_sum(t: torch.Tensor, ndim: int, keepdim: bool = False) -> torch.Tensor
     return t.sum(dim=tuple(range(-ndim, 0)), keepdim=keepdim)
 
 
+def is_compiling() -> bool:
+    """Whether ``torch.compile`` is tracing the caller (``False`` on torch without it)."""
+    check = getattr(torch.compiler, "is_compiling", None) if hasattr(torch, "compiler") else None
+    if check is None:
+        check = getattr(getattr(torch, "_dynamo", None), "is_compiling", lambda: False)
+    return bool(check())
+
+
 LU2_MIN_BATCH = 1024
 """From this many ``2 x 2`` systems on,
 `small_factor` solves them by elementwise
@@ -199,8 +207,9 @@ class _PointCache:
     serves them all. The entry is keyed on the tensor object itself (a weak reference) and its
     version counter, so that any in-place change of the point (through the tensor, not through
     ``.data``) or a new tensor at the same address misses. Never cached: inference tensors,
-    which keep no version counter, and a Jacobian that carries an autograd graph (a
-    differentiable user Jacobian under autograd), whose graph a backward pass may free."""
+    which keep no version counter, points inside a ``torch.compile`` graph, and a Jacobian
+    that carries an autograd graph (a differentiable user Jacobian under autograd), whose graph
+    a backward pass may free."""
 
     __slots__ = ("factor", "jac", "ref", "version")
 
@@ -209,7 +218,9 @@ class _PointCache:
 
     @staticmethod
     def _version(x: torch.Tensor):
-        if x.is_inference():
+        # no cache inside a compiled graph (weak references and version counters are not
+        # traced; the compiler shares the work itself)
+        if is_compiling() or x.is_inference():
             return None
         return x._version
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..errors import NonFiniteError, ShakeError, UntrustedRunError, UntrustedRunWarning
 from ..integrators.base import State, chain_mask
 from .adaptation import DualAveraging
+from .compiled import CompiledStep
 from .diagnostics import summarise
 from .result import SampleResult, extreme
 from .statistics import BatchMeans
@@ -49,6 +50,7 @@ def sample(
     check_every: int | None = None,
     trace_draws: int = TRACE_DRAWS,
     trace_bytes: int = TRACE_BYTES,
+    compile: bool | Mapping = False,
 ) -> SampleResult:
     """Run ``n_steps`` of ``dynamics`` from ``x0`` for every chain and average ``observables``.
 
@@ -78,6 +80,12 @@ def sample(
             ``SampleResult.traces``); ``0`` keeps none and skips the diagnostics.
         trace_bytes: the memory bound of those traces: beyond it only the first chains that fit
             are traced (see [`Traces`][manifold_langevin.sampling.traces.Traces]).
+        compile: run the step through ``torch.compile``
+            ([`CompiledStep`][manifold_langevin.sampling.compiled.CompiledStep]: the noise is
+            drawn eagerly from ``generator`` in the eager step's order, so the stream and the
+            trajectory are the eager ones to rounding); a mapping passes options to
+            ``torch.compile``. The first step pays for the compilation (seconds to a minute);
+            worth it for long runs. If compilation fails the run warns and continues eagerly.
 
     A run that should not be trusted as it is warns with
     [`UntrustedRunWarning`][manifold_langevin.errors.UntrustedRunWarning], naming the
@@ -147,6 +155,9 @@ def sample(
             else None
         )
         step_size = None
+        step = dynamics.step
+        if compile:
+            step = CompiledStep(dynamics, **(compile if isinstance(compile, Mapping) else {}))
 
         alive = torch.ones(chains, dtype=torch.bool, device=dev)
         n_fail = torch.zeros((), dtype=torch.int64, device=dev)
@@ -162,11 +173,11 @@ def sample(
             if adapter is not None:
                 if i <= burn_in:  # tuned during burn-in, then frozen at the averaged step
                     step_size = adapter.step_size if i < burn_in else adapter.final_step_size
-                new, ok, finite = dynamics.step(state, generator, step_size=step_size)
+                new, ok, finite = step(state, generator, step_size=step_size)
                 if i < burn_in:
                     adapter.update(new.info["accept_prob"])
             else:
-                new, ok, finite = dynamics.step(state, generator)
+                new, ok, finite = step(state, generator)
             failed = alive & ~ok
             # a step whose SHAKE solve failed is rejected whatever its garbage holds; NaN/Inf
             # counts only where the solves converged (a potential or force gone non-finite)

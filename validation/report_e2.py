@@ -1,0 +1,152 @@
+"""The E2 comparison with the released c-CoLA-ud scheme, for ``docs/experiments.md``.
+
+Reads the JSON of three runs of ``validation/exp_e2.py`` (the commands are in the template):
+``validation/results/e2_150`` (five methods, 150 epochs, three seeds), ``e2_ablation`` (the
+released scheme, its two ablations, the library's CoLA, CoLA with constrained biases and with
+radii chosen on validation; 150 epochs, three seeds, every one of the last 10 epochs
+evaluated) and ``e2_400`` (one seed to the paper's 400 epochs). As in ``validation/report.py``,
+this module computes numbers and tables and picks the reading that applies; the sentences are
+in ``validation/templates/experiments/``. Differences between two methods are paired by seed
+(the same initialisation, data order and noise seed): mean over seeds of the per-seed
+difference, with its standard error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from validation.exp_e2 import LAST, analyze
+from validation.report import RESULTS, fill
+
+__all__ = ["e2_released_section", "paired_difference"]
+
+RUNS = {"side": "e2_150", "ablation": "e2_ablation", "long": "e2_400"}
+#: the layers of the E2 network, as the runs name them
+LAYERS = ("1.weight", "3.weight")
+
+
+def _t(name: str, **values) -> str:
+    return fill(f"experiments/{name}", **values)
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / name / "exp_e2.json"
+    return analyze(json.loads(path.read_text())) if path.exists() else None
+
+
+def paired_difference(a: list[dict], b: list[dict], key: str = "last_test_loss") -> dict:
+    """``key`` of ``a`` minus that of ``b``, paired by seed over the seeds both finished:
+    ``{"mean", "sem", "n", "seeds"}`` (``sem`` is NaN for one seed)."""
+    fa = {r["seed"]: r[key] for r in a if "diverged_at" not in r and key in r}
+    fb = {r["seed"]: r[key] for r in b if "diverged_at" not in r and key in r}
+    seeds = sorted(fa.keys() & fb.keys())
+    d = np.asarray([fa[s] - fb[s] for s in seeds], dtype=float)
+    sem = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else math.nan
+    return {"mean": float(d.mean()) if d.size else math.nan, "sem": sem, "n": int(d.size),
+            "seeds": seeds}  # fmt: skip
+
+
+def _pm(d: dict, fmt: str = ".4f") -> str:
+    if math.isnan(d["sem"]):
+        return f"{d['mean']:+{fmt}} (one seed)"
+    return f"{d['mean']:+{fmt}} ± {d['sem']:{fmt}}"
+
+
+def _bound_rows(result: dict) -> str:
+    """Per method and layer, at the last epoch, averaged over the finished seeds: the share of
+    weights at the nominal bound, and for the released scheme the effective radius."""
+    out = [
+        "| method | layer | at the bound (epoch 150) | rho / r: median | 10% quantile | "
+        "1% quantile | smallest | at its own bound |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    labels = {k: m["label"] for k, m in result["methods"].items()}
+    for key, runs in result["runs"].items():
+        done = [r for r in runs if r.get("bounds") and "diverged_at" not in r]
+        if not done:
+            continue
+        for layer in LAYERS:
+            last = [r["bounds"][-1][layer] for r in done if layer in r["bounds"][-1]]
+            if not last:
+                continue
+            at = np.mean([b["at_bound"] for b in last])
+            if "rho_quantiles" in last[0]:
+                q = np.mean([b["rho_quantiles"] for b in last], axis=0)
+                rho = (
+                    f"{q[2]:.3f} | {q[1]:.3f} | {q[0]:.3f} | "
+                    f"{min(b['rho_min'] for b in last):.2f} | "
+                    f"{np.mean([b['at_own_bound'] for b in last]):.3f}"
+                )
+            else:
+                rho = "1 (held) | 1 | 1 | 1 | same"
+            out.append(f"| {labels[key]} | `{layer}` | {at:.3f} | {rho} |")
+    return "\n".join(out)
+
+
+def _diverged(result: dict) -> str:
+    notes = []
+    for key, runs in result["runs"].items():
+        for r in runs:
+            if "diverged_at" in r:
+                notes.append(
+                    _t(
+                        "e2_released_diverged",
+                        method=result["methods"][key]["label"],
+                        seed=r["seed"],
+                        epoch=r["diverged_at"],
+                        residual=f"{r['max_residual']:.2f}",
+                    )
+                )
+    return "\n\n".join(notes)
+
+
+def e2_released_section(img: Path) -> str:
+    """The section (empty if the ablation run is missing)."""
+    side, abl, long = (_load(RUNS[k]) for k in ("side", "ablation", "long"))
+    if abl is None:
+        return ""
+    for name, png in (("e2_ablation", "exp_e2.png"), ("e2_ablation", "exp_e2_bounds.png"),
+                      ("e2_400", "exp_e2.png")):  # fmt: skip
+        src = RESULTS / name / png
+        if src.exists():
+            shutil.copy(src, img / f"{name}_{png}")
+    runs = abl["runs"]
+    diff = {
+        k: paired_difference(runs[k], runs["released"])
+        for k in runs
+        if k != "released" and "released" in runs
+    }
+    gap = diff.get("cola_t0")
+    chosen = abl["methods"].get("cola_radius", {}).get("chosen", {}).get("radius")
+    beat = diff.get("cola_radius")
+    if beat is None:
+        verdict = _t("e2_released_not_run")
+    elif beat["mean"] + 2 * (0 if math.isnan(beat["sem"]) else beat["sem"]) <= 0:
+        verdict = _t("e2_released_beaten", diff=_pm(beat))
+    elif beat["mean"] <= 0:
+        verdict = _t("e2_released_level", diff=_pm(beat))
+    else:
+        verdict = _t("e2_released_not_beaten", diff=_pm(beat))
+    diffs = "\n".join(
+        f"| {abl['methods'][k]['label']} | {_pm(d)} | {d['n']} |" for k, d in diff.items()
+    )
+    long_table = long["table"] if long else _t("e2_released_no_long")
+    return _t(
+        "e2_released",
+        last=LAST,
+        ablation_table=abl["table"],
+        side_table=side["table"] if side else "",
+        long_table=long_table,
+        bounds_table=_bound_rows(abl),
+        diffs_table=diffs,
+        diverged=_diverged(abl),
+        gap=_pm(gap) if gap else "not measured",
+        radius=f"{chosen}" if chosen else "not chosen",
+        verdict=verdict,
+        reading=_t("e2_released_reading"),
+    )
