@@ -45,6 +45,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -300,7 +301,34 @@ def side_by_side(
                         f"side     {label:26s} {row['dtype']:8s} chains {n:7d} steps "
                         f"{n_steps:4d}: {row['chain_steps_per_s']:12.4g} chain-steps/s"
                     )
-    return {"rows": rows, "ratios": _side_ratios(rows), "skipped": skipped}
+    return {
+        "rows": rows,
+        "ratios": _side_ratios(rows),
+        "skipped": skipped,
+        "normals": _normal_draw_times(chains[-2] if len(chains) > 1 else chains[0], repeats),
+    }
+
+
+def _normal_draw_times(n_chains: int, repeats: int) -> dict:
+    """Microseconds to draw the ``n_chains x 3`` standard normals of one S^2 step (float64):
+    ``torch.randn`` with a ``torch.Generator`` (what the library draws) against NumPy's
+    ``Generator.standard_normal`` (what the NumPy loop draws), medians of 20 draws."""
+    import numpy as np
+
+    gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+    out = {"n_chains": n_chains}
+    for name, draw in (
+        ("torch_randn_us", lambda: torch.randn(n_chains, 3, dtype=torch.float64, generator=gen)),
+        ("numpy_standard_normal_us", lambda: rng.standard_normal((n_chains, 3))),
+    ):
+        draw()
+        times = []
+        for _ in range(20 * repeats):
+            t0 = time.perf_counter()
+            draw()
+            times.append(time.perf_counter() - t0)
+        out[name] = 1e6 * statistics.median(times)
+    return out
 
 
 def _side_ratios(rows: list[dict]) -> list[dict]:
