@@ -581,10 +581,13 @@ def gpu_section(img: Path, cpu_optim: dict, cpu_sampler: dict) -> str:
 SIDE_TARGETS = (
     ("ml_s2", "float64", 10_000, "the NumPy BAOAB loop on S^2", 3.0),
     ("ml_s2_implicit", "float64", 10_000, "`Sphere()` (ratio within 2x)", 0.5),
+    ("ml_s2_compiled", "float64", 10_000, "the NumPy BAOAB loop on S^2", 3.0),
     ("ml_so3", "float64", 10_000, "the general-formula geodesic on SO(3)", 5.0),
     ("ml_stiefel_10x3", "float64", 10_000, "the general-formula geodesic on V(10, 3)", 5.0),
     ("ml_trimer", "float64", 4_000, "OpenMM Reference, rigid trimer", 1.0),
+    ("ml_trimer_compiled", "float64", 4_000, "OpenMM Reference, rigid trimer", 1.0),
     ("ml_chain10", "float64", 4_000, "OpenMM Reference, 10-bead chain", 1.0),
+    ("ml_chain10_compiled", "float64", 4_000, "OpenMM Reference, 10-bead chain", 1.0),
 )
 
 
@@ -646,7 +649,47 @@ def side_by_side_section(img: Path) -> str:
         skipped=skipped,
         table=_side_table(side),
         targets=_side_targets(side),
-        reading=fill("performance/side_by_side_reading"),
+        reading=_side_reading(side),
+    )
+
+
+def _side_reading(side: dict) -> str:
+    ratio = {(q["label"], q["n_chains"]): q["ratio"] for q in side["ratios"]
+             if q["dtype"] == "float64"}  # fmt: skip
+    rows = {(r["label"], r["n_chains"]): r for r in side["rows"] if r["dtype"] == "float64"}
+
+    def q(label, n):
+        v = ratio.get((label, n))
+        return "not measured" if v is None else f"{v:.2g}"
+
+    def kernels(label, n):
+        r = rows.get((label, n))
+        k = None if r is None else r.get("torch_kernels_per_step")
+        return "?" if k is None else f"{k:.0f}"
+
+    normals = side.get("normals", {})
+    numpy_row = rows.get(("numpy_s2", 10_000))
+    budget = "?"
+    if numpy_row is not None:
+        budget = f"{1e6 * 10_000 / (3 * numpy_row['chain_steps_per_s']):.0f}"
+    return fill(
+        "performance/side_by_side_reading",
+        s2_eager=q("ml_s2", 10_000),
+        s2_compiled=q("ml_s2_compiled", 10_000),
+        s2_kernels=kernels("ml_s2", 10_000),
+        randn_us=f"{normals.get('torch_randn_us', float('nan')):.0f}",
+        numpy_normal_us=f"{normals.get('numpy_standard_normal_us', float('nan')):.0f}",
+        budget_us=budget,
+        so3=q("ml_so3", 10_000),
+        so3_compiled=q("ml_so3_compiled", 10_000),
+        st10=q("ml_stiefel_10x3", 10_000),
+        st10_compiled=q("ml_stiefel_10x3_compiled", 10_000),
+        implicit_s2=q("ml_s2_implicit", 10_000),
+        trimer=q("ml_trimer", 4_000),
+        trimer_compiled=q("ml_trimer_compiled", 4_000),
+        chain=q("ml_chain10", 4_000),
+        chain_compiled=q("ml_chain10_compiled", 4_000),
+        trimer_kernels=kernels("ml_trimer", 4_000),
     )
 
 
