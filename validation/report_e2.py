@@ -148,5 +148,73 @@ def e2_released_section(img: Path) -> str:
         gap=_pm(gap) if gap else "not measured",
         radius=f"{chosen}" if chosen else "not chosen",
         verdict=verdict,
-        reading=_t("e2_released_reading"),
+        reading=_reading(abl, long, diff),
     )
+
+
+def _mean_of(runs: list[dict], key: str) -> float:
+    vals = [r[key] for r in runs if "diverged_at" not in r and key in r]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def _reading(abl: dict, long: dict | None, diff: dict) -> str:
+    runs, methods = abl["runs"], abl["methods"]
+    none = {"mean": math.nan, "sem": math.nan}
+
+    def pm(key):
+        return _pm(diff[key]) if key in diff else "not measured"
+
+    # the released scheme's effective radius of the output layer at the end
+    bounds = [r["bounds"][-1][LAYERS[-1]] for r in runs.get("released", [])
+              if r.get("bounds") and "diverged_at" not in r]  # fmt: skip
+    q = np.mean([b["rho_quantiles"] for b in bounds], axis=0) if bounds else None
+    rho_min = min((b["rho_min"] for b in bounds), default=math.nan)
+    matched = abl["matched_train_loss"]
+    mm = matched["methods"]
+    grid = abl["tuning"].get("cola_radius", {}).get("runs", [])
+    radius_grid = ", ".join(
+        f"{tuple(r['value'])}: {r['last_val_loss']:.4f}" for r in grid if "last_val_loss" in r
+    )
+    gain = (
+        paired_difference(runs["cola_radius"], runs["cola_t0"])
+        if "cola_radius" in runs and "cola_t0" in runs
+        else none
+    )
+    if long:
+        long_line = "; ".join(
+            f"{long['methods'][k]['label']} {s['last_test_loss']['mean']:.4f}"
+            for k, s in long["summary"].items()
+        )
+    else:
+        long_line = "not run"
+    chosen = methods.get("cola_radius", {}).get("chosen", {}).get("radius")
+    return _t(
+        "e2_released_reading",
+        exact_diff=pm("released_exact"),
+        current_diff=pm("released_current"),
+        gap=pm("cola_t0"),
+        rho_median=f"{q[2]:.3f}" if q is not None else "?",
+        rho_q01=f"{q[0]:.3f}" if q is not None else "?",
+        rho_min=f"{rho_min:.2f}",
+        released_train=f"{_mean_of(runs.get('released', []), 'final_train_loss'):.3f}",
+        cola_train=f"{_mean_of(runs.get('cola_t0', []), 'final_train_loss'):.3f}",
+        matched_level=f"{matched['level']:.3f}",
+        matched_released=_stat_text(mm.get("released", {}).get("test_loss")),
+        matched_cola=_stat_text(mm.get("cola_t0", {}).get("test_loss")),
+        bias_diff=_pm(paired_difference(runs["cola_biases"], runs["cola_t0"]))
+        + " against CoLA with free biases"
+        if "cola_biases" in runs and "cola_t0" in runs
+        else "not measured (not run)",
+        last=LAST,
+        radius=f"{tuple(chosen)}" if chosen else "not chosen",
+        radius_grid=radius_grid or "none",
+        radius_gain=_pm(gain) if not math.isnan(gain["mean"]) else "not measured",
+        radius_verdict=pm("cola_radius"),
+        long_line=long_line,
+    )
+
+
+def _stat_text(stat: dict | None) -> str:
+    if not stat:
+        return "not measured"
+    return f"{stat['mean']:.4f} ± {stat['std']:.4f} (sd over seeds)"
