@@ -29,7 +29,8 @@ def test_differences_are_paired_by_seed_over_the_finished_seeds():
     assert d["sem"] == pytest.approx(0.015)
     # pairing, not two independent means: a shift common to both methods cancels
     shifted = paired_difference(_runs([1.40, 0.44]), _runs([1.37, 0.41]))
-    assert shifted["mean"] == pytest.approx(0.03) and shifted["sem"] == pytest.approx(0.0, abs=1e-12)
+    assert shifted["mean"] == pytest.approx(0.03)
+    assert shifted["sem"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_one_seed_has_no_standard_error():
