@@ -574,6 +574,9 @@ def aggregate(runs: list[dict]) -> dict:
 
 
 def _pm(stat: dict, fmt: str) -> str:
+    """``mean ± std`` (just the mean for a single seed, which has no spread)."""
+    if stat.get("n", 2) < 2:
+        return f"{stat['mean']:{fmt}}"
     return f"{stat['mean']:{fmt}} ± {stat['std']:{fmt}}"
 
 
@@ -602,14 +605,17 @@ def matched_train_loss(runs: dict) -> dict:
             tls.append(float(np.interp(e, r["epochs"], r["test_loss"])))
             tas.append(float(np.interp(e, r["epochs"], r["test_acc"])))
         out["methods"][key] = {
-            "epoch": dict(zip(("mean", "std"), _mean_std(eps))),
-            "test_loss": dict(zip(("mean", "std"), _mean_std(tls))),
-            "test_acc": dict(zip(("mean", "std"), _mean_std(tas))),
+            "epoch": _stat(eps),
+            "test_loss": _stat(tls),
+            "test_acc": _stat(tas),
         }
     return out
 
 
 def _pse(stat: dict, fmt: str) -> str:
+    """``mean ± standard error`` (just the mean for a single seed)."""
+    if stat.get("n", 2) < 2:
+        return f"{stat['mean']:{fmt}}"
     return f"{stat['mean']:{fmt}} ± {stat['sem']:{fmt}}"
 
 

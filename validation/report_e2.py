@@ -170,7 +170,6 @@ def _reading(abl: dict, long: dict | None, diff: dict) -> str:
     q = np.mean([b["rho_quantiles"] for b in bounds], axis=0) if bounds else None
     rho_min = min((b["rho_min"] for b in bounds), default=math.nan)
     matched = abl["matched_train_loss"]
-    mm = matched["methods"]
     grid = abl["tuning"].get("cola_radius", {}).get("runs", [])
     radius_grid = ", ".join(
         f"{tuple(r['value'])}: {r['last_val_loss']:.4f}" for r in grid if "last_val_loss" in r
@@ -198,9 +197,7 @@ def _reading(abl: dict, long: dict | None, diff: dict) -> str:
         rho_min=f"{rho_min:.2f}",
         released_train=f"{_mean_of(runs.get('released', []), 'final_train_loss'):.3f}",
         cola_train=f"{_mean_of(runs.get('cola_t0', []), 'final_train_loss'):.3f}",
-        matched_level=f"{matched['level']:.3f}",
-        matched_released=_stat_text(mm.get("released", {}).get("test_loss")),
-        matched_cola=_stat_text(mm.get("cola_t0", {}).get("test_loss")),
+        lag_line=_lag_line(matched),
         bias_diff=_pm(paired_difference(runs["cola_biases"], runs["cola_t0"]))
         + " against CoLA with free biases"
         if "cola_biases" in runs and "cola_t0" in runs
@@ -212,6 +209,18 @@ def _reading(abl: dict, long: dict | None, diff: dict) -> str:
         radius_verdict=pm("cola_radius"),
         long_line=long_line,
     )
+
+
+def _lag_line(matched: dict) -> str:
+    """Whether the released scheme still has the lower test loss at a matched training loss:
+    lower by more than two standard errors of the two seeds' means (combined), or level."""
+    mm = matched["methods"]
+    a, b = mm.get("released", {}).get("test_loss"), mm.get("cola_t0", {}).get("test_loss")
+    if not a or not b:
+        return ""
+    se = math.hypot(a["std"] / math.sqrt(max(a["n"], 1)), b["std"] / math.sqrt(max(b["n"], 1)))
+    name = "e2_released_lag_more" if a["mean"] < b["mean"] - 2 * se else "e2_released_lag_slower"
+    return _t(name, level=f"{matched['level']:.3f}", released=_stat_text(a), cola=_stat_text(b))
 
 
 def _stat_text(stat: dict | None) -> str:
