@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 import manifold_langevin as ml
+from manifold_langevin.manifolds.frames import polish, skew, sym
 from manifold_langevin.sampling.compiled import CompiledStep
 
 __all__ = [
@@ -168,18 +169,15 @@ class GeneralFormulaStiefel(ml.Stiefel):
         if x.shape[-2] < p:
             xt, vt = self.geodesic(x.mT, v.mT, t)
             return xt.mT, vt.mT
-        a = 0.5 * (x.mT @ v - v.mT @ x)
-        s = 0.5 * (v.mT @ v + (v.mT @ v).mT)
+        a, s = skew(x.mT @ v), sym(v.mT @ v)
         eye = torch.eye(p, dtype=x.dtype, device=x.device).expand_as(a)
         block = torch.cat([torch.cat([a, -s], -1), torch.cat([eye, a], -1)], -2)
         e = torch.linalg.matrix_exp(t * block)
         r = torch.linalg.matrix_exp(-t * a)
         xv = torch.cat([x, v], -1)
-        x_t = xv @ (e[..., :, :p] @ r)
+        x_t = polish(xv @ (e[..., :, :p] @ r))
         v_t = xv @ (e[..., :, p:] @ r)
-        x_t = x_t - 0.5 * (x_t @ (x_t.mT @ x_t - torch.eye(p, dtype=x.dtype, device=x.device)))
-        g = x_t.mT @ v_t
-        v_t = v_t - x_t @ (0.5 * (g + g.mT))
+        v_t = v_t - x_t @ sym(x_t.mT @ v_t)
         speed0 = torch.linalg.matrix_norm(v, keepdim=True)
         speed1 = torch.linalg.matrix_norm(v_t, keepdim=True)
         return x_t, v_t * torch.where(speed1 > 0, speed0 / speed1.clamp_min(1e-300), 1.0)
