@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..manifolds.circles import circle_project, circle_rotate
+from ..manifolds.circles import circle_project, circle_rotate, circle_tangent_normal
 from .substeps import ou_update
 
 __all__ = ["baoa_step_circles", "circle_bound", "circle_kick_rotate", "euler_circles"]
@@ -33,6 +33,9 @@ def circle_kick_rotate(
     t: float,
     radius: float,
     scale: float = 1.0,
+    normal: torch.Tensor | None = None,
+    normal_angle: float = 0.0,
+    normal_speed: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""B then A: a kick, its tangent projection and the exact rotation for time ``t``, fused.
 
@@ -49,6 +52,11 @@ def circle_kick_rotate(
     unnormalised rotated point. About 20 elementwise operations against some 35 for the
     composition; under ``torch.compile`` it becomes one loop.
 
+    With ``normal`` ($z$, one standard normal per circle) the angle gains $a z$ and the returned
+    angular velocity $b z$: $\theta = \omega t + a z$, $\omega' = s\,\omega + b z$ (``scale`` $s$,
+    ``normal_angle`` $a$, ``normal_speed`` $b$), the form of a whole noisy ``A O A``
+    (see [`baoa_step_circles`][]).
+
     Args:
         w: weights.
         xi: auxiliary variables.
@@ -59,6 +67,9 @@ def circle_kick_rotate(
         t: the rotation time.
         radius: circle radius $r$.
         scale: factor applied to the returned momentum.
+        normal: one standard normal per circle (``None``: none).
+        normal_angle: its coefficient in the rotation angle.
+        normal_speed: its coefficient in the returned angular velocity.
 
     Returns:
         ``(w_t, xi_t, pw_t, pxi_t)``.
@@ -68,10 +79,14 @@ def circle_kick_rotate(
     r2 = torch.addcmul(w * w, xi, xi)
     omega = torch.addcmul(w * pxi, xi, pw, value=-1.0).div_(r2)
     theta = omega * t
+    if normal is not None:
+        theta = theta + normal * normal_angle
     cos, sin = torch.cos(theta), torch.sin(theta)
     w_t = torch.addcmul(cos * w, sin, xi, value=-1.0)
     xi_t = torch.addcmul(sin * w, cos, xi)
     omega = omega * scale
+    if normal is not None:
+        omega = omega + normal * normal_speed
     pw_t = torch.mul(omega, xi_t).neg_()
     pxi_t = omega * w_t
     norm = torch.rsqrt(r2) * radius
@@ -85,8 +100,17 @@ def circle_bound(w: torch.Tensor, radius) -> torch.Tensor:
 
 
 def baoa_step_circles(w, xi, pw, pxi, grad, kick_h, h, c1, c2, radius, noise, fuse):
-    """[`baoa_step`][manifold_langevin.integrators.substeps.baoa_step] on circles:
+    r"""[`baoa_step`][manifold_langevin.integrators.substeps.baoa_step] on circles:
     ``B(kick_h) A(h/2) O(h) A(h/2)`` with exact rotations.
+
+    On a circle the tangent momentum is $\omega\,(-\xi, w)$ and the O step changes only the
+    angular velocity: with the normal tangent vector $z\,u$ of
+    [`circle_tangent_normal`][manifold_langevin.manifolds.circles.circle_tangent_normal]
+    ($|u| = 1$, $|(-\xi, w)| = r$), $\omega \to \omega' = c_1 \omega + (c_2 / r) z$. Rotations
+    of one circle compose, so ``A(h/2) O A(h/2)`` is one rotation by
+    $\theta = \tfrac{h}{2}(\omega + \omega')$ ending with angular velocity $\omega'$, exact at any
+    temperature; with ``fuse`` it is evaluated that way (one cosine and sine per weight instead
+    of two).
 
     Args:
         w: weights.
@@ -99,23 +123,30 @@ def baoa_step_circles(w, xi, pw, pxi, grad, kick_h, h, c1, c2, radius, noise, fu
         c1: the O step's damping.
         c2: the O step's noise scale.
         radius: circle radius.
-        noise: ``(R_w, R_xi)`` standard normals for the O step (``None`` when ``c2 == 0``).
-        fuse: with no noise, take ``A O A`` as one rotation of time ``(1 + c1) h / 2``
-            followed by the damping (exact: see
+        noise: one standard normal per weight for the O step, shaped like ``w`` (``None`` when
+            ``c2 == 0``).
+        fuse: take ``A O A`` as one rotation (above; without noise the rotation of time
+            ``(1 + c1) h / 2`` followed by the damping, as
             [`damped_drift`][manifold_langevin.integrators.substeps.damped_drift]).
 
     Returns:
         ``(w, xi, pw, pxi)``.
     """
-    if noise is None and fuse:
+    if fuse:
         t = 0.5 * (1.0 + c1) * h
-        w, xi, pw, pxi = circle_kick_rotate(w, xi, pw, pxi, grad, -kick_h, t, radius, c1)
+        if noise is None:
+            w, xi, pw, pxi = circle_kick_rotate(w, xi, pw, pxi, grad, -kick_h, t, radius, c1)
+        else:
+            b = c2 / radius
+            w, xi, pw, pxi = circle_kick_rotate(
+                w, xi, pw, pxi, grad, -kick_h, t, radius, c1, noise, 0.5 * h * b, b
+            )
         return circle_bound(w, radius), xi, pw, pxi
     w, xi, pw, pxi = circle_kick_rotate(w, xi, pw, pxi, grad, -kick_h, 0.5 * h, radius)
     if noise is None:
         pw, pxi = ou_update(pw, c1, c2, None), ou_update(pxi, c1, c2, None)
     else:
-        rw, rxi = circle_project(w, xi, noise[0], noise[1])
+        rw, rxi = circle_tangent_normal(w, xi, noise)
         pw, pxi = ou_update(pw, c1, c2, rw), ou_update(pxi, c1, c2, rxi)
     w, xi, pw, pxi = circle_rotate(w, xi, pw, pxi, 0.5 * h, radius)
     return circle_bound(w, radius), xi, pw, pxi

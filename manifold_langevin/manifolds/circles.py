@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_positive
+from ..noise import standard_normal
 from .base import as_time
 from .sphere import Sphere
 
-__all__ = ["Circles", "circle_project", "circle_rotate"]
+__all__ = ["Circles", "circle_project", "circle_rotate", "circle_tangent_normal"]
 
 
 def circle_project(
@@ -24,6 +25,23 @@ def circle_project(
     """Tangent projection of the momentum ``(pw, pxi)`` at ``(w, xi)``, elementwise."""
     coef = (w * pw + xi * pxi) / (w * w + xi * xi)
     return pw - coef * w, pxi - coef * xi
+
+
+def circle_tangent_normal(
+    w: torch.Tensor, xi: torch.Tensor, z: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""A standard normal tangent vector at ``(w, xi)`` from one normal ``z`` per circle.
+
+    The tangent space of a circle is the line through the unit tangent
+    $u = (-\xi, w) / \sqrt{w^2 + \xi^2}$, and the projection of a standard normal
+    $R \in \mathbb{R}^2$ onto it is $(u \cdot R)\,u$ with $u \cdot R \sim N(0, 1)$: the same
+    law as $z\,u$ for a single standard normal $z$, drawn at half the cost.
+
+    Returns:
+        ``(z u_w, z u_xi)``.
+    """
+    s = z * torch.rsqrt(w * w + xi * xi)
+    return torch.mul(s, xi).neg_(), s * w
 
 
 def circle_rotate(
@@ -102,6 +120,19 @@ class Circles(Sphere):
             x[..., 0], x[..., 1], v[..., 0], v[..., 1], as_time(t, x), self.radius
         )
         return torch.stack([w_t, xi_t], dim=-1), torch.stack([pw_t, pxi_t], dim=-1)
+
+    def random_normal_tangent(self, x: torch.Tensor, generator=None) -> torch.Tensor:
+        """A standard Gaussian on the tangent space at ``x`` from one normal per circle
+        ([`circle_tangent_normal`][]; the law of the projected ambient normal at half the draws).
+
+        ``generator`` is a ``torch.Generator`` or a noise source
+        ([`manifold_langevin.noise`][manifold_langevin.noise]); the normals are drawn with the
+        shape ``x.shape[:-1]``.
+        """
+        self._pairs(x)
+        w, xi = x[..., 0], x[..., 1]
+        uw, uxi = circle_tangent_normal(w, xi, standard_normal(w, generator))
+        return torch.stack([uw, uxi], dim=-1)
 
     def proju(self, x, u):
         self._pairs(x)

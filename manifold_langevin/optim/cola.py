@@ -57,7 +57,8 @@ the kick's tangent projection and the returned velocity's are left out, since RA
 the tangent part of the momentum): four $N \times p \times p$ products (two of them Gram
 matrices formed from their upper blocks) plus three $p \times p \times p$ ones. With noise it is
 two RATTLE steps and a projected Gaussian. A circle step is some 20 elementwise passes per weight
-in cache-sized chunks, or one compiled loop with ``compile=True``. On a GPU a step's time is set
+in cache-sized chunks (with noise a few more and one normal per weight), or one compiled loop
+with ``compile=True``. On a GPU a step's time is set
 by the number of operations it launches more than by its flops, so the CPU-only measures, blocked
 Gram products and cache-sized circle chunks, are off there. The measured costs, against SGD,
 geoopt, torch's orthogonal parametrizations and the paper's algorithm, are on the documentation's
@@ -138,7 +139,11 @@ class CoLA(Optimizer):
     the current point, so no extra call is needed before training. At $\tau = 0$
     (``fuse=True``) $A_{h/2} O A_{h/2}$ is evaluated as one A step of time
     $(1 + e^{-\gamma h}) h/2$ followed by the damping: exact for geodesic flows, and for
-    RATTLE one SHAKE solve instead of two (the two agree to $O(h^3)$ per step).
+    RATTLE one SHAKE solve instead of two (the two agree to $O(h^3)$ per step). On circles
+    ``fuse=True`` fuses $A_{h/2} O A_{h/2}$ at any temperature: the O step changes only the
+    angular velocity, $\omega' = e^{-\gamma h}\omega + (c_2 / r) z$ with one standard normal
+    $z$ per weight (the tangent space is a line), and the two rotations compose into one by
+    $\tfrac{h}{2}(\omega + \omega')$: exact, one cosine and sine per weight.
 
     A ``"od"`` step is projected Euler-Maruyama (the paper's constrained SGLD):
     $\theta' = \theta - h\nabla L + \sqrt{2 h \tau} R + J(\theta)^T\lambda$ with
@@ -210,7 +215,8 @@ class CoLA(Optimizer):
             that rounding takes its result off the manifold; RATTLE can fail sooner (see
             failures below).
         substeps: RATTLE sub-steps per A step (g-BAOAB) when no geodesic is used.
-        fuse: at zero temperature, evaluate ``A O A`` as one A step (see above).
+        fuse: at zero temperature, evaluate ``A O A`` as one A step; on circles at any
+            temperature (see above).
         first_kick: ``"half"`` (BAOAB from rest) or ``"full"`` (SGD's first step).
         on_nonfinite: NaN/Inf gradients: ``"raise"``
             [`NonFiniteError`][manifold_langevin.NonFiniteError] naming the parameter, ``"skip"``

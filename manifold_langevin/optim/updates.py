@@ -104,9 +104,13 @@ def update_manifold(b: Bucket, gen, *, on_failure: str, scratch: dict):
 
 
 # ---------------------------------------------------------------------------- circles
-def circle_noise(w: torch.Tensor, generator) -> torch.Tensor:
-    """Standard normals for the ``(w, xi)`` pairs of the flat tensor ``w``, shape ``(2, n)``."""
-    return torch.randn((2, *w.shape), generator=generator, dtype=w.dtype, device=w.device)
+def circle_noise(w: torch.Tensor, generator, ud: bool) -> torch.Tensor:
+    """Standard normals for the circles of the flat tensor ``w``: one per circle (shape
+    ``(n,)``) for the O step of ``"ud"``, whose noise is a tangent vector
+    ([`circle_tangent_normal`][manifold_langevin.manifolds.circles.circle_tangent_normal]);
+    ``(2, n)`` for ``(w, xi)`` of the Euler step of ``"od"``."""
+    shape = w.shape if ud else (2, *w.shape)
+    return torch.randn(shape, generator=generator, dtype=w.dtype, device=w.device)
 
 
 def circle_update(state, grad, noise, ud, fuse, mask, kick_h, h, c1, c2, tau, radius):
@@ -174,7 +178,7 @@ def update_circles(b: Bucket, gen, *, mask: bool, defer: bool, compiled: Callabl
         g = grads[i].reshape(-1)
         bad = None
         if compiled is not None and not defer:
-            z = circle_noise(g, gen) if noisy else None
+            z = circle_noise(g, gen, ud) if noisy else None
             bad = compiled(flats, g, z, (ud, fuse, mask), numbers)
         if bad is None:
             bads = []
@@ -182,7 +186,7 @@ def update_circles(b: Bucket, gen, *, mask: bool, defer: bool, compiled: Callabl
             for a in range(0, g.numel(), chunk):
                 piece = [f[a : a + chunk] for f in flats]
                 gp = g[a : a + chunk]
-                z = circle_noise(gp, gen) if noisy else None
+                z = circle_noise(gp, gen, ud) if noisy else None
                 if defer:
                     new, nb = circle_update(piece, gp, z, ud, fuse, mask, *numbers)
                     pending.append((piece, new))

@@ -316,6 +316,35 @@ def all_cases() -> Iterator[tuple[str, Callable[[], dict[str, torch.Tensor]]]]:
 
 
 def environment() -> dict[str, str]:
-    """What decides whether numbers can be compared bit for bit: torch's build and the CPU
-    kernels it dispatches to (vectorised reductions round differently per instruction set)."""
-    return {"torch": str(torch.__version__), "cpu": torch.backends.cpu.get_cpu_capability()}
+    """What decides whether numbers can be compared bit for bit: torch's build, the CPU kernels
+    it dispatches to (vectorised reductions round differently per instruction set) and the bits
+    of the BLAS/LAPACK calls the cases make (``linalg``: MKL picks its kernels by CPU model, not
+    by the instruction set torch is told to use)."""
+    return {
+        "torch": str(torch.__version__),
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "linalg": linalg_fingerprint(),
+    }
+
+
+def linalg_fingerprint() -> str:
+    """A digest of the bits of batched products, solves, Cholesky factors and matrix
+    exponentials of fixed float64 inputs (the BLAS/LAPACK calls of the manifolds)."""
+    import hashlib
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2048, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(2048, 3, 2, generator=g, dtype=torch.float64)
+    spd = a @ a.mT + torch.eye(3, dtype=torch.float64)
+    outs = (
+        a @ b,
+        torch.linalg.solve_ex(a, b)[0],
+        torch.linalg.solve_ex(a[:, :2, :2], b[:, :2])[0],
+        torch.linalg.cholesky(spd),
+        torch.linalg.matrix_exp(a - a.mT),
+        torch.linalg.qr(torch.randn(64, 6, 3, generator=g, dtype=torch.float64))[0],
+    )
+    digest = hashlib.sha256()
+    for t in outs:
+        digest.update(t.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -181,7 +181,7 @@ def _composition_start(kind, gen):
 def test_ud_step_is_the_composition_of_substeps(kind):
     """Three noisy CoLA steps equal B A O A with the carried kick, from the hand-written maps
     above and CoLA's noise stream replayed (one standard normal per coordinate and step, laid
-    out like the point; for circles ``[w; xi]``)."""
+    out like the point; for circles one per weight, the tangent space being a line)."""
     project, flow = _REFERENCE[kind]
     # closed forms: round-off of some 100 operations on O(1) numbers (measured <= 5e-16). RATTLE
     # (SHAKE solved to a tolerance): the library stops once the residual is below the float64
@@ -209,7 +209,12 @@ def test_ud_step_is_the_composition_of_substeps(kind):
         force = torch.stack([-g.flatten(), torch.zeros(g.numel(), dtype=g.dtype)]) if circle else -g
         p = project(x, p + (h / 2 if n == 0 else h) * force)  # B, with the carried kick
         x, p = flow(x, p, h / 2)  # A
-        p = c1 * p + c2 * project(x, torch.randn(x.shape, generator=gen, dtype=x.dtype))  # O
+        if circle:  # one normal per weight along the unit tangent (-xi, w) / |(w, xi)|
+            z = torch.randn(x.shape[1], generator=gen, dtype=x.dtype)
+            noise = z * torch.stack([-x[1], x[0]]) / x.norm(dim=0)
+        else:
+            noise = project(x, torch.randn(x.shape, generator=gen, dtype=x.dtype))
+        p = c1 * p + c2 * noise  # O
         x, p = flow(x, p, h / 2)  # A
         st = opt.state[w]
         if circle:

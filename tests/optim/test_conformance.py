@@ -108,13 +108,19 @@ CASES = [
 class Recorder:
     """Draws, as a noise source for the composition, the normals CoLA draws from its generator
     in the same order: one draw for a stacked bucket of matrices or vectors; one per tensor for
-    circle weights (``(2, n)``: row 0 for ``w``, row 1 for ``xi``) and unconstrained tensors."""
+    circle weights and unconstrained tensors. For circles the O step draws one normal per
+    weight (``like`` is shaped as the weights: ``Circles.random_normal_tangent``) and the Euler
+    step two (``(2, n)``: row 0 for ``w``, row 1 for ``xi``; ``like`` has the pairs' last axis)."""
 
     def __init__(self, generator_state, kind):
         self.gen = torch.Generator().set_state(generator_state)
         self.kind = kind
 
     def __call__(self, like):
+        if self.kind.name == "circle" and like.dim() == len(self.kind.shape) + 1:
+            parts = [torch.randn(one.shape, generator=self.gen, dtype=like.dtype)
+                     for one in like.unbind(0)]  # fmt: skip
+            return torch.stack(parts)
         if self.kind.name == "circle":
             parts = []
             for one in like.unbind(0):

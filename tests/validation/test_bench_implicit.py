@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import manifold_langevin as ml
+from manifold_langevin.manifolds import base as mbase
 from manifold_langevin.testing import get_problem
 from validation import bench_implicit
 
@@ -26,7 +27,7 @@ def _legacy():
 @pytest.mark.parametrize("chains", [12, 1100])  # 1100: the elementwise 2 x 2 solves
 @pytest.mark.parametrize("name", ["ellipse", "sphere_plane", "rigid_triatomic"])
 @pytest.mark.parametrize("kind", ["langevin", "hmc"])
-def test_before_and_after_run_the_same_trajectory(name, kind, chains):
+def test_before_and_after_run_the_same_trajectory(name, kind, chains, lapack_2x2_bits):
     legacy = _legacy()
     p = get_problem(name)
     x0 = p.initial(chains, torch.float64, "cpu", torch.Generator().manual_seed(0))
@@ -39,8 +40,13 @@ def test_before_and_after_run_the_same_trajectory(name, kind, chains):
             for _ in range(4):
                 state = s.step(state, gen)[0]
         runs.append(state)
-    assert torch.equal(runs[0].x, runs[1].x)
-    assert torch.equal(runs[0].p, runs[1].p)
+    two = p.constraint(x0).shape[-1] == 2  # the 2 x 2 solves are the closed form's
+    if lapack_2x2_bits or chains < mbase.LU2_MIN_BATCH or not two:
+        assert torch.equal(runs[0].x, runs[1].x)
+        assert torch.equal(runs[0].p, runs[1].p)
+    else:  # the 2 x 2 closed form against this machine's LAPACK, which rounds differently
+        torch.testing.assert_close(runs[0].x, runs[1].x, rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(runs[0].p, runs[1].p, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(bench_implicit.JACOBIANS))
