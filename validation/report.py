@@ -194,11 +194,14 @@ def experiments(img: Path, docs: Path) -> None:
     for png in ("exp_e2.png", "exp_orthogonal_cnn.png", "exp_orthogonal_deep.png", "spiral.png"):
         shutil.copy(RESULTS / png, img / png)
     st = spiral["meta"]["settings"]
-    from validation.report_e2 import e2_released_section  # it imports this module
+    # they import this module
+    from validation.report_e2 import e2_released_section
+    from validation.report_e2_temperature import e2_temperature_section
 
     text = fill(
         "experiments/page",
         e2_released=e2_released_section(img),
+        e2_temperature=e2_temperature_section(img),
         e2_n_train=f"{e2['meta']['n_train']:,}",
         e2_n_eval=f"{e2['meta']['n_eval']:,}",
         e2_table=e2["table"],
@@ -224,6 +227,9 @@ METHODS = {
     "geoopt_sphere": "geoopt `RiemannianSGD` (momentum 0.9), weights as `(N, 2)` points of "
     "`geoopt.Sphere`",
     "cola": "CoLA, eager (the default)",
+    "cola_mask": '`CoLA(on_nonfinite="mask")`, eager: no host sync',
+    "cola_noisy": "CoLA, eager, temperature 1e-4 (the default `fuse=True`: one rotation per step)",
+    "cola_noisy_unfused": "the same with `fuse=False`: rotate, O, rotate",
     "cola_compiled": "`CoLA(compile=True)`",
     "cola_compiled_nosync": '`CoLA(compile=True, on_nonfinite="mask")`: no host sync',
     "cola_compiled_step": '`torch.compile(opt.step)` of a `CoLA(on_nonfinite="mask")`: the '
@@ -398,6 +404,21 @@ MISSES: dict[str, Callable[[dict], dict]] = {
         "ratio_512x4608": f"{_ratio(o, 'ortho_512x4608', 'geoopt_euclidean_stiefel', 'cola'):.2f}",
     },
     "train_vs_cayley": _train_vs_cayley,
+    "e2_vs_sgd": lambda o: {
+        "ratio": f"{_ratio(o, 'circle_mlp', 'cola', 'sgd_momentum'):.1f}",
+        "spread": _spread(o, "circle_mlp", "cola", "sgd_momentum"),
+        "compiled": f"{_ratio(o, 'circle_mlp', 'cola_compiled', 'sgd_momentum'):.1f}",
+    },
+    "e2_noisy_vs_sgd": lambda o: {
+        "ratio": f"{_ratio(o, 'circle_mlp', 'cola_noisy', 'sgd_momentum'):.1f}",
+        "over_t0": f"{_ratio(o, 'circle_mlp', 'cola_noisy', 'cola'):.2f}",
+        "unfused": f"{_ratio(o, 'circle_mlp', 'cola_noisy_unfused', 'sgd_momentum'):.1f}",
+        "speedup": f"{_ratio(o, 'circle_mlp', 'cola_noisy_unfused', 'cola_noisy'):.2f}",
+    },
+    "e2_mask_vs_default": lambda o: {
+        "ratio": f"{_ratio(o, 'circle_mlp', 'cola_mask', 'cola'):.2f}",
+        "compiled_ratio": f"{_ratio(o, 'circle_mlp', 'cola_compiled_nosync', 'cola_compiled'):.2f}",
+    },
 }
 
 
@@ -640,11 +661,9 @@ def side_by_side_section(img: Path) -> str:
     if png.exists():
         shutil.copy(png, img / "bench_sampler_side.png")
     skipped = "".join(f" Skipped: {k} ({v})." for k, v in side.get("skipped", {}).items())
-    load = result.get("load_average_at_end")
     return fill(
         "performance/side_by_side",
         environment=_environment_line(result["environment"], "float64 and float32"),
-        load=" / ".join(f"{v:.1f}" for v in load) if load else "not recorded",
         source=f"validation/results/{name}.json",
         skipped=skipped,
         table=_side_table(side),

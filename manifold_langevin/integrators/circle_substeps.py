@@ -36,6 +36,7 @@ def circle_kick_rotate(
     normal: torch.Tensor | None = None,
     normal_angle: float = 0.0,
     normal_speed: float = 0.0,
+    out: tuple[torch.Tensor, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""B then A: a kick, its tangent projection and the exact rotation for time ``t``, fused.
 
@@ -70,9 +71,11 @@ def circle_kick_rotate(
         normal: one standard normal per circle (``None``: none).
         normal_angle: its coefficient in the rotation angle.
         normal_speed: its coefficient in the returned angular velocity.
+        out: four tensors to write the results into (they may be the inputs: every input is
+            read before the first write); the same numbers, without four copies.
 
     Returns:
-        ``(w_t, xi_t, pw_t, pxi_t)``.
+        ``(w_t, xi_t, pw_t, pxi_t)`` (``out`` when given).
     """
     if force is not None:
         pw = pw + force * kick
@@ -87,9 +90,14 @@ def circle_kick_rotate(
     omega = omega * scale
     if normal is not None:
         omega = omega + normal * normal_speed
+    norm = torch.rsqrt(r2) * radius
+    if out is not None:
+        ow, oxi, opw, opxi = out
+        torch.mul(omega, xi_t, out=opw).neg_()
+        torch.mul(omega, w_t, out=opxi)
+        return torch.mul(w_t, norm, out=ow), torch.mul(xi_t, norm, out=oxi), opw, opxi
     pw_t = torch.mul(omega, xi_t).neg_()
     pxi_t = omega * w_t
-    norm = torch.rsqrt(r2) * radius
     return w_t.mul_(norm), xi_t.mul_(norm), pw_t, pxi_t
 
 
@@ -99,7 +107,7 @@ def circle_bound(w: torch.Tensor, radius) -> torch.Tensor:
     return torch.clamp(w, -radius, radius)
 
 
-def baoa_step_circles(w, xi, pw, pxi, grad, kick_h, h, c1, c2, radius, noise, fuse):
+def baoa_step_circles(w, xi, pw, pxi, grad, kick_h, h, c1, c2, radius, noise, fuse, out=None):
     r"""[`baoa_step`][manifold_langevin.integrators.substeps.baoa_step] on circles:
     ``B(kick_h) A(h/2) O(h) A(h/2)`` with exact rotations.
 
@@ -128,19 +136,20 @@ def baoa_step_circles(w, xi, pw, pxi, grad, kick_h, h, c1, c2, radius, noise, fu
         fuse: take ``A O A`` as one rotation (above; without noise the rotation of time
             ``(1 + c1) h / 2`` followed by the damping, as
             [`damped_drift`][manifold_langevin.integrators.substeps.damped_drift]).
+        out: with ``fuse``, four tensors to write the results into (they may be the inputs;
+            see [`circle_kick_rotate`][]); ignored otherwise.
 
     Returns:
         ``(w, xi, pw, pxi)``.
     """
     if fuse:
         t = 0.5 * (1.0 + c1) * h
-        if noise is None:
-            w, xi, pw, pxi = circle_kick_rotate(w, xi, pw, pxi, grad, -kick_h, t, radius, c1)
-        else:
-            b = c2 / radius
-            w, xi, pw, pxi = circle_kick_rotate(
-                w, xi, pw, pxi, grad, -kick_h, t, radius, c1, noise, 0.5 * h * b, b
-            )
+        b = 0.0 if noise is None else c2 / radius
+        w, xi, pw, pxi = circle_kick_rotate(
+            w, xi, pw, pxi, grad, -kick_h, t, radius, c1, noise, 0.5 * h * b, b, out=out
+        )
+        if out is not None:
+            return w.clamp_(-radius, radius), xi, pw, pxi
         return circle_bound(w, radius), xi, pw, pxi
     w, xi, pw, pxi = circle_kick_rotate(w, xi, pw, pxi, grad, -kick_h, 0.5 * h, radius)
     if noise is None:

@@ -25,6 +25,7 @@ from ..integrators.base import finite_chains
 from ..integrators.circle_substeps import baoa_step_circles, euler_circles
 from ..integrators.euclidean_substeps import baoa_step_euclidean_, euler_euclidean_
 from ..integrators.substeps import baoa_step, euler, ou_coefficients
+from ..manifolds.base import is_compiling
 from ..noise import NoiseTape
 from .buckets import CHUNK, Bucket, FlatView, gather, select_into
 from .params import uses_geodesic
@@ -139,10 +140,22 @@ def circle_update_(state, grad, noise, ud, fuse, mask, *numbers):
     floats dynamo would either recompile for every new value (an lr schedule) or, for arguments
     that torch ops take as a ``Scalar`` (``clamp``'s bounds, ``add``'s ``alpha``), bake the first
     value into the kernel without a guard."""
+    if ud and fuse and not mask and not is_compiling():
+        # eager: the fused step writes into the state itself (the same numbers, four copies
+        # fewer; a compiled loop fuses the copies anyway)
+        baoa_step_circles(*state, grad, *_ud_numbers(numbers), noise, fuse, out=state)
+        return None
     new, bad = circle_update(state, grad, noise, ud, fuse, mask, *numbers)
     for t, n in zip(state, new):
         t.copy_(n)
     return bad
+
+
+def _ud_numbers(numbers):
+    """``(kick_h, h, c1, c2, radius)`` of ``baoa_step_circles`` from the update's numbers
+    ``(kick_h, h, c1, c2, tau, radius)``."""
+    kick_h, h, c1, c2, _, radius = numbers
+    return kick_h, h, c1, c2, radius
 
 
 _COMPILED: dict = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -93,3 +94,22 @@ def test_circle_tangent_normal_has_the_projected_normal_law():
     diag = torch.diagonal(p, dim1=-2, dim2=-1)
     se = torch.sqrt((diag[:, :, None] * diag[:, None, :] + p**2) / n)
     assert ((cov - p).abs() <= 5 * se + 1e-12).all(), (cov - p) / (se + 1e-12)
+
+
+@pytest.mark.parametrize("noisy", [False, True])
+def test_writing_into_the_state_gives_the_same_bits(noisy):
+    """``out=`` (CoLA's eager path writes the step into its state) changes no bit."""
+    g = torch.Generator().manual_seed(3)
+    n, radius, h = 1000, 0.3, 0.2
+    angle = torch.rand(n, dtype=torch.float64, generator=g) * 2 * torch.pi
+    state = [radius * torch.cos(angle), radius * torch.sin(angle)]
+    state += [torch.randn(n, dtype=torch.float64, generator=g) for _ in range(2)]
+    grad = torch.randn(n, dtype=torch.float64, generator=g)
+    z = torch.randn(n, dtype=torch.float64, generator=g) if noisy else None
+    c1, c2 = ou_coefficients(1.0, 0.1 if noisy else 0.0, h)
+    want = baoa_step_circles(*state, grad, h, h, c1, c2, radius, z, True)
+    out = [t.clone() for t in state]
+    got = baoa_step_circles(*out, grad, h, h, c1, c2, radius, z, True, out=out)
+    for a, b, c in zip(got, want, out):
+        assert a is c  # written in place
+        assert torch.equal(a, b)
