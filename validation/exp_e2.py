@@ -36,6 +36,13 @@ Methods (all from the same default PyTorch initialisation per seed; inputs in ``
   a tuning run as long as the training runs (``criterion="last_loss"``, ``tune_full``): the
   output layer's bound is the active one (about 60% of its weights sit at ``r1 = 0.1`` after
   150 epochs, 2% of the input layer's at ``r0``), so a tighter ``r1`` is the candidate.
+* ``cola_friction`` -- ``cola_t0`` with the friction ``gamma`` chosen the same way (grid in
+  ``METHODS``, radii and step the paper's). On a quadratic of curvature ``lam`` the released
+  scheme's kick with the previous point's gradient makes the unconstrained map the heavy ball
+  ``dw' = mu dw - eta lam w_prev`` (``mu = exp(-gamma h)``, ``eta = h^2 (1 + mu) / 2``), i.e.
+  ``dw' = (mu + eta lam) dw - eta lam w``: the momentum raised by ``eta lam``, less damping
+  along the stiff directions, so a lower friction is the candidate that would reproduce it in
+  the exact scheme.
 
 For every circle-constrained run the bounds are recorded after every evaluation
 (``bounds``: per weight the largest ``|w|``, the share of entries at the bound, and for the
@@ -167,6 +174,11 @@ METHODS = (
            {"lr": 0.3, "friction": 1.0, "temperature": 0.0}, tune="radius",
            grid=((0.05, 0.1), (0.05, 0.07), (0.05, 0.05), (0.035, 0.05)),
            criterion="last_loss", tune_full=True),
+    # the second setting: the friction chosen the same way (the released scheme's lagged kick
+    # acts like extra momentum along stiff directions, i.e. less damping there)
+    Method("cola_friction", "c-CoLA-ud, T=0, friction chosen on validation", "cola-circle",
+           {"lr": 0.3, "friction": 1.0, "temperature": 0.0}, tune="friction",
+           grid=(0.0625, 0.125, 0.25, 0.5, 1.0, 2.0), criterion="last_loss", tune_full=True),
     Method("cola_free", "CoLA-ud unconstrained (same h, gamma)", "cola-free",
            {"lr": 0.3, "friction": 1.0, "temperature": 0.0}),
     Method("sgd", "SGD, momentum 0.9", "sgd", {"momentum": 0.9},
@@ -181,6 +193,7 @@ QUICK_GRIDS = {
     "sgd": (0.1,),
     "adam": (1e-3,),
     "cola_radius": ((0.05, 0.1), (0.05, 0.05)),
+    "cola_friction": (0.5, 1.0),
 }
 
 
@@ -200,6 +213,8 @@ FACTORY_NAMES = {
     "cola-circle": "cola-circle",
     "cola-orthogonal": "cola-orthogonal",
     "cola-free": "cola",
+    "cola-od-circle": "cola-od-circle",
+    "cola-od": "cola-od",
     "sgd": "sgd",
     "adam": "adam",
 }
@@ -369,7 +384,7 @@ def train_run(
 
 
 #: optimizer kinds whose weights lie on circles (their bounds are recorded over training)
-CIRCLE_KINDS = ("cola-circle", "cola-circle-all", "released")
+CIRCLE_KINDS = ("cola-circle", "cola-circle-all", "cola-od-circle", "released")
 #: quantiles of the effective radius over the entries of a weight, recorded by circle_bounds
 RADIUS_QUANTILES = (0.01, 0.1, 0.5, 0.9)
 
@@ -444,6 +459,11 @@ CRITERIA = {
 }
 
 
+def _values(grid) -> list[str]:
+    """Grid values in a form that compares equal before and after a JSON round trip."""
+    return [json.dumps(v) for v in grid]
+
+
 def tune(
     method: Method,
     data: dict,
@@ -452,6 +472,7 @@ def tune(
     grid=None,
     model_fn=make_mlp,
     criterion: str = "best",
+    reuse: list[dict] | None = None,
 ) -> dict:
     """Validation runs over the method's grid (or one reference run if it is not tuned).
 
@@ -461,13 +482,18 @@ def tune(
     validation loss over the last :data:`LAST` epochs (the statistic the summary reports on
     the evaluation set). Returns ``{"grid": [...], "runs": [...],
     "chosen": value, "criterion": ...}``; each run has the best and final validation
-    accuracy/loss and CoLA's rejected-step count.
+    accuracy/loss and CoLA's rejected-step count. ``reuse``: runs of an earlier tuning (the
+    same data, seed and horizon), kept for the values they cover instead of being run again.
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
     values = list(grid if grid is not None else method.grid) if method.tune else [None]
     runs = []
+    earlier = {json.dumps(r["value"]): r for r in reuse or ()}
     for v in values:
+        if json.dumps(v) in earlier:
+            runs.append(earlier[json.dumps(v)])
+            continue
         hyper = method.with_value(v) if method.tune else dict(method.hyper)
         rec = train_run(
             method,
@@ -825,6 +851,19 @@ def run(
             done.tuning[m.key] = tuning[m.key]
             done.save()
         v = tuning[m.key]["chosen"]
+        if not quick and m.tune and _values(tuning[m.key]["grid"]) != _values(m.grid):
+            # the grid was changed since the tuning ran: run only its new values
+            t0 = time.perf_counter()
+            horizon = epochs if m.tune_full else tune_epochs
+            tuning[m.key] = tune(m, data, horizon, seed=1000, criterion=m.criterion,
+                                 reuse=tuning[m.key]["runs"])  # fmt: skip
+            tuning[m.key]["seconds"] = time.perf_counter() - t0
+            if _values([tuning[m.key]["chosen"]]) != _values([v]):  # its final runs are stale
+                for key in [k for k in done.runs if k.split("/")[0] == m.key]:
+                    del done.runs[key]
+            done.tuning[m.key] = tuning[m.key]
+            done.save()
+            v = tuning[m.key]["chosen"]
         chosen_hyper[m.key] = m.with_value(v) if m.tune else dict(m.hyper)
         log(
             f"[tune] {m.key}: "

@@ -122,16 +122,10 @@ def e2_released_section(img: Path) -> str:
         if k != "released" and "released" in runs
     }
     gap = diff.get("cola_t0")
-    chosen = abl["methods"].get("cola_radius", {}).get("chosen", {}).get("radius")
-    beat = diff.get("cola_radius")
-    if beat is None:
-        verdict = _t("e2_released_not_run")
-    elif beat["mean"] + 2 * (0 if math.isnan(beat["sem"]) else beat["sem"]) <= 0:
-        verdict = _t("e2_released_beaten", diff=_pm(beat))
-    elif beat["mean"] <= 0:
-        verdict = _t("e2_released_level", diff=_pm(beat))
-    else:
-        verdict = _t("e2_released_not_beaten", diff=_pm(beat))
+    chosen = _chosen(abl, "cola_radius", "radius")
+    friction = _chosen(abl, "cola_friction", "friction")
+    verdict = _verdict(diff.get("cola_radius"), "the radii chosen on validation")
+    friction_verdict = _verdict(diff.get("cola_friction"), "the friction chosen on validation")
     diffs = "\n".join(
         f"| {abl['methods'][k]['label']} | {_pm(d)} | {d['n']} |" for k, d in diff.items()
     )
@@ -148,8 +142,27 @@ def e2_released_section(img: Path) -> str:
         gap=_pm(gap) if gap else "not measured",
         radius=f"{chosen}" if chosen else "not chosen",
         verdict=verdict,
+        friction=f"{friction}" if friction is not None else "not chosen",
+        friction_verdict=friction_verdict,
         reading=_reading(abl, long, diff),
     )
+
+
+def _chosen(result: dict, method: str, parameter: str):
+    """The value the tuning chose for ``method`` (``None`` if it was not run)."""
+    return result["methods"].get(method, {}).get("chosen", {}).get(parameter)
+
+
+def _verdict(beat: dict | None, setting: str) -> str:
+    """Whether a setting's paired difference from the released scheme beats it (by two
+    standard errors), is level with it, or not."""
+    if beat is None:
+        return _t("e2_released_not_run", setting=setting)
+    if beat["mean"] + 2 * (0 if math.isnan(beat["sem"]) else beat["sem"]) <= 0:
+        return _t("e2_released_beaten", diff=_pm(beat), setting=setting)
+    if beat["mean"] <= 0:
+        return _t("e2_released_level", diff=_pm(beat), setting=setting)
+    return _t("e2_released_not_beaten", diff=_pm(beat), setting=setting)
 
 
 def _mean_of(runs: list[dict], key: str) -> float:
@@ -187,6 +200,17 @@ def _reading(abl: dict, long: dict | None, diff: dict) -> str:
     else:
         long_line = "not run"
     chosen = methods.get("cola_radius", {}).get("chosen", {}).get("radius")
+    friction_grid = ", ".join(
+        f"{r['value']:g}: {r['last_val_loss']:.4f}"
+        for r in abl["tuning"].get("cola_friction", {}).get("runs", [])
+        if "last_val_loss" in r
+    )
+    friction_gain = (
+        paired_difference(runs["cola_friction"], runs["cola_t0"])
+        if "cola_friction" in runs and "cola_t0" in runs
+        else none
+    )
+    friction = _chosen(abl, "cola_friction", "friction")
     return _t(
         "e2_released_reading",
         exact_diff=pm("released_exact"),
@@ -207,6 +231,12 @@ def _reading(abl: dict, long: dict | None, diff: dict) -> str:
         radius_grid=radius_grid or "none",
         radius_gain=_pm(gain) if not math.isnan(gain["mean"]) else "not measured",
         radius_verdict=pm("cola_radius"),
+        friction=f"{friction:g}" if friction is not None else "not chosen",
+        friction_grid=friction_grid or "none",
+        friction_gain=(
+            _pm(friction_gain) if not math.isnan(friction_gain["mean"]) else "not measured"
+        ),
+        friction_verdict=pm("cola_friction"),
         long_line=long_line,
     )
 

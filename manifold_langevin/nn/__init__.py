@@ -9,7 +9,8 @@ Examples:
     'CoLA'
 """
 
-from . import checkpoint, data, models, optimizers, training
+from . import calibration, checkpoint, data, models, optimizers, training
+from .calibration import PredictiveAverage, calibration_scores, predict_probs
 from .checkpoint import load_checkpoint, save_atomic
 from .models import ACTIVATIONS, cnn, mlp
 from .optimizers import OPTIMIZERS, make_optimizer
@@ -18,6 +19,9 @@ from .training import evaluate, plot_history, save_history, train
 __all__ = [
     "ACTIVATIONS",
     "OPTIMIZERS",
+    "PredictiveAverage",
+    "calibration",
+    "calibration_scores",
     "checkpoint",
     "cnn",
     "data",
@@ -28,6 +32,7 @@ __all__ = [
     "models",
     "optimizers",
     "plot_history",
+    "predict_probs",
     "save_atomic",
     "save_history",
     "train",

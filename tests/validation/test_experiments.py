@@ -317,3 +317,26 @@ def test_the_train_command_reproduces_the_e2_cola_rows(tmp_path):
     for r, loss, acc in zip(history, rec["test_loss"], rec["test_acc"]):
         assert r["heldout_loss"] == pytest.approx(loss, rel=1e-6)
         assert r["heldout_acc"] == pytest.approx(acc, abs=1e-12)
+
+
+def test_tuning_reuses_the_runs_of_an_earlier_grid(monkeypatch):
+    # a grid extended after a tuning ran: only its new values are trained
+    trained = []
+
+    def fake_train(method, hyper, *args, **kwargs):
+        trained.append(hyper["friction"])
+        loss = abs(hyper["friction"] - 0.3)  # lowest near 0.3
+        return {"test_acc": [0.8], "test_loss": [loss], "epochs": [1], "n_rejected": 0,
+                "seconds": 0.0}  # fmt: skip
+
+    monkeypatch.setattr(exp_e2, "train_run", fake_train)
+    method = next(m for m in exp_e2.METHODS if m.key == "cola_friction")
+    data = {"tune_train": None, "tune_val": None}
+    first = exp_e2.tune(method, data, 1, 0, grid=(0.5, 1.0), criterion="last_loss")
+    assert trained == [0.5, 1.0] and first["chosen"] == 0.5
+    trained.clear()
+    saved = json.loads(json.dumps(first))  # as read back from the progress file
+    again = exp_e2.tune(method, data, 1, 0, grid=(0.25, 0.5, 1.0), criterion="last_loss",
+                        reuse=saved["runs"])  # fmt: skip
+    assert trained == [0.25]
+    assert again["chosen"] == 0.25 and [r["value"] for r in again["runs"]] == [0.25, 0.5, 1.0]

@@ -1,0 +1,55 @@
+"""The E2 temperature study: a quick run writes its JSON and plot, scores every evaluation and
+the prediction average, resumes from its progress file, and its report section is generated.
+Fashion-MNIST as in ``test_experiments.py`` (a missing dataset fails under CI, skips
+elsewhere)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+from validation import exp_e2_temperature as exp
+from validation.experiment_data import load_fashion_mnist
+
+try:
+    load_fashion_mnist()
+    MISSING = None
+except FileNotFoundError as exc:
+    MISSING = str(exc)
+    if not os.environ.get("MANIFOLD_LANGEVIN_CI"):
+        pytest.skip(MISSING, allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def _dataset():
+    if MISSING is not None:
+        pytest.fail(f"CI installs Fashion-MNIST (.ci/run) but it is missing: {MISSING}")
+
+
+def test_quick_run_scores_points_and_averages_and_resumes(tmp_path, monkeypatch):
+    argv = ["--quick", "--out", str(tmp_path), "--resume",
+            "--method", "od_t1e-4", "--method", "sgld_t1e-4"]  # fmt: skip
+    assert exp.main(argv) == 0
+    out = tmp_path / "quick"
+    result = json.loads((out / "exp_e2_temperature.json").read_text())
+    assert (out / "exp_e2_temperature.png").stat().st_size > 0
+    for key in ("od_t1e-4", "sgld_t1e-4"):
+        (rec,) = result["runs"][key]
+        assert len(rec["ece"]) == len(rec["epochs"]) == 2  # quick: 2 epochs, both evaluated
+        assert all(0.0 <= e <= 1.0 for e in rec["ece"])
+        # the prediction average of the (two) last epochs is scored once
+        assert rec["average"]["n_samples"] == 2
+        assert 0.0 < rec["average"]["nll"] < math.log(10) * 2
+        summary = result["summary"][key]
+        assert summary["n_seeds"] == 1 and summary["point"]["nll"]["mean"] > 0
+    # the constrained run stays on its circles
+    assert result["runs"]["od_t1e-4"][0]["max_residual"] < 1e-5
+    assert "| c-CoLA-od, T=1e-4 (constrained SGLD) | 1 |" in result["table"]
+    # started again: nothing is trained
+    monkeypatch.setattr(exp, "run_one", lambda *a: pytest.fail("a finished run was rerun"))
+    assert exp.main(argv) == 0
+    again = json.loads((out / "exp_e2_temperature.json").read_text())
+    assert again["runs"] == result["runs"]
