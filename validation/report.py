@@ -228,7 +228,8 @@ METHODS = {
     "`geoopt.Sphere`",
     "cola": "CoLA, eager (the default)",
     "cola_mask": '`CoLA(on_nonfinite="mask")`, eager: no host sync',
-    "cola_noisy": "CoLA, eager, temperature 1e-4 (the default `fuse=True`: one rotation per step)",
+    "cola_noisy": "CoLA, eager, temperature 1e-4 (circles: the default `fuse=True`, one rotation "
+    "per step; orthogonal: two RATTLE steps and a projected Gaussian)",
     "cola_noisy_unfused": "the same with `fuse=False`: rotate, O, rotate",
     "cola_compiled": "`CoLA(compile=True)`",
     "cola_compiled_nosync": '`CoLA(compile=True, on_nonfinite="mask")`: no host sync',
@@ -239,6 +240,7 @@ METHODS = {
     "paper": "CoLA with the released scripts' SHAKE (`validation.baselines.PaperStiefel`: 10 fixed "
     "iterations)",
     "paper_released": "the released o-CoLA step's own operation sequence (29 products)",
+    "paper_noisy": "CoLA with the paper's SHAKE at temperature 1e-4",
     "geoopt_euclidean_stiefel": "geoopt `RiemannianSGD` (momentum 0.9) on `EuclideanStiefel` "
     "(QR retraction)",
     "geoopt_canonical_stiefel": "geoopt `RiemannianSGD` (momentum 0.9) on `CanonicalStiefel` "

@@ -9,6 +9,7 @@ by seed (``validation.report_e2.paired_difference``).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,18 @@ def _pm(d: dict) -> str:
     if d.get("n", 0) < 2:
         return f"{d['mean']:+.4f} (one seed)"
     return f"{d['mean']:+.4f} ± {d['sem']:.4f}"
+
+
+def _direction(d: dict | None) -> str:
+    """ "lower", "higher" (by more than two standard errors) or "level" (within them; a single
+    seed is never more than level)."""
+    if d is None or d.get("n", 0) < 2 or math.isnan(d["mean"]):
+        return "level"
+    if d["mean"] + 2 * d["sem"] < 0:
+        return "lower"
+    if d["mean"] - 2 * d["sem"] > 0:
+        return "higher"
+    return "level"
 
 
 def _point_runs(result: dict, key: str, score: str, averaged: bool) -> list[dict]:
@@ -44,11 +57,11 @@ def _point_runs(result: dict, key: str, score: str, averaged: bool) -> list[dict
     return out
 
 
-def _diff(result: dict, a: str, b: str, score: str, averaged: bool = False) -> str:
+def _paired(result: dict, a: str, b: str, score: str, averaged: bool = False) -> dict | None:
     ra, rb = (_point_runs(result, k, score, averaged) for k in (a, b))
     if not ra or not rb:
-        return "not measured"
-    return _pm(paired_difference(ra, rb, key=score))
+        return None
+    return paired_difference(ra, rb, key=score)
 
 
 def e2_temperature_section(img: Path) -> str:
@@ -61,20 +74,23 @@ def e2_temperature_section(img: Path) -> str:
     if png.exists():
         shutil.copy(png, img / "e2_temperature.png")
     meta = result["meta"]
-    d = {
-        "ud_nll": _diff(result, "ud_t1e-4", "ud_t0", "nll"),
-        "ud_ece": _diff(result, "ud_t1e-4", "ud_t0", "ece"),
-        "ud_avg_nll": _diff(result, "ud_t1e-4", "ud_t0", "nll", averaged=True),
-        "ud_avg_ece": _diff(result, "ud_t1e-4", "ud_t0", "ece", averaged=True),
-        "ud5_nll": _diff(result, "ud_t1e-5", "ud_t0", "nll"),
-        "od_vs_sgld_nll": _diff(result, "od_t1e-4", "sgld_t1e-4", "nll"),
-        "od_vs_sgld_acc": _diff(result, "od_t1e-4", "sgld_t1e-4", "acc"),
-        "od_vs_sgld_ece": _diff(result, "od_t1e-4", "sgld_t1e-4", "ece"),
-        "od_vs_sgd_nll": _diff(result, "od_t1e-4", "sgd", "nll"),
-        "od_avg_vs_point_nll": _avg_gain(result, "od_t1e-4"),
-        "sgld_avg_vs_point_nll": _avg_gain(result, "sgld_t1e-4"),
-        "ud_avg_vs_point_nll": _avg_gain(result, "ud_t1e-4"),
+    pairs = {
+        "ud_nll": ("ud_t1e-4", "ud_t0", "nll", False),
+        "ud_ece": ("ud_t1e-4", "ud_t0", "ece", False),
+        "ud_avg_nll": ("ud_t1e-4", "ud_t0", "nll", True),
+        "ud_avg_ece": ("ud_t1e-4", "ud_t0", "ece", True),
+        "ud5_nll": ("ud_t1e-5", "ud_t0", "nll", False),
+        "od_vs_sgld_nll": ("od_t1e-4", "sgld_t1e-4", "nll", False),
+        "od_vs_sgld_acc": ("od_t1e-4", "sgld_t1e-4", "acc", False),
+        "od_vs_sgld_ece": ("od_t1e-4", "sgld_t1e-4", "ece", False),
+        "od_vs_sgd_nll": ("od_t1e-4", "sgd", "nll", False),
     }
+    diffs = {k: _paired(result, *v) for k, v in pairs.items()}
+    gains = {k: _avg_gain(result, m) for k, m in
+             (("ud_avg_vs_point_nll", "ud_t1e-4"), ("od_avg_vs_point_nll", "od_t1e-4"),
+              ("sgld_avg_vs_point_nll", "sgld_t1e-4"))}  # fmt: skip
+    text = {k: _pm(d) if d else "not measured" for k, d in {**diffs, **gains}.items()}
+    direction = {f"{k}_dir": _direction(d) for k, d in {**diffs, **gains}.items()}
     return fill(
         "experiments/e2_temperature",
         epochs=meta["epochs"],
@@ -83,15 +99,16 @@ def e2_temperature_section(img: Path) -> str:
         n_bins=meta["n_bins"],
         h_od=f"{meta['h_od']:g}",
         table=result["table"],
-        **d,
+        reading=fill("experiments/e2_temperature_reading", last=meta["last"], **direction),
+        **text,
     )
 
 
-def _avg_gain(result: dict, key: str) -> str:
+def _avg_gain(result: dict, key: str) -> dict | None:
     """Averaged-prediction NLL minus the point estimate's, paired by seed."""
     point = {r["seed"]: r["nll"] for r in _point_runs(result, key, "nll", False)}
     avg = [r for r in _point_runs(result, key, "nll", True) if r["seed"] in point]
     if not avg:
-        return "not measured"
+        return None
     base = [{"seed": r["seed"], "nll": point[r["seed"]]} for r in avg]
-    return _pm(paired_difference(avg, base, key="nll"))
+    return paired_difference(avg, base, key="nll")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 
 import pytest
 
@@ -53,3 +54,21 @@ def test_quick_run_scores_points_and_averages_and_resumes(tmp_path, monkeypatch)
     assert exp.main(argv) == 0
     again = json.loads((out / "exp_e2_temperature.json").read_text())
     assert again["runs"] == result["runs"]
+
+
+def test_the_report_section_fills_every_value(tmp_path, monkeypatch):
+    from validation import report_e2_temperature as rep
+
+    argv = ["--quick", "--out", str(tmp_path), "--seeds", "2",
+            "--method", "ud_t0", "--method", "ud_t1e-4"]  # fmt: skip
+    assert exp.main(argv) == 0
+    monkeypatch.setattr(rep, "DIR", tmp_path / "quick")
+    img = tmp_path / "img"
+    img.mkdir()
+    text = rep.e2_temperature_section(img)
+    assert "${" not in text
+    assert (img / "e2_temperature.png").exists()
+    # the measured pair is reported with its paired standard error; the others say so
+    pair = r"c-CoLA-ud at `tau = 1e-4` against `tau = 0`: NLL [+-]\d\.\d{4} ± \d\.\d{4}, ECE"
+    assert re.search(pair, text)
+    assert "not measured" in text  # the overdamped runs were not run here
