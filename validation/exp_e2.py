@@ -178,7 +178,8 @@ METHODS = (
     # acts like extra momentum along stiff directions, i.e. less damping there)
     Method("cola_friction", "c-CoLA-ud, T=0, friction chosen on validation", "cola-circle",
            {"lr": 0.3, "friction": 1.0, "temperature": 0.0}, tune="friction",
-           grid=(0.0625, 0.125, 0.25, 0.5, 1.0, 2.0), criterion="last_loss", tune_full=True),
+           grid=(0.0, 0.015625, 0.03125, 0.0625, 0.125, 0.25, 0.5, 1.0, 2.0),
+           criterion="last_loss", tune_full=True),
     Method("cola_free", "CoLA-ud unconstrained (same h, gamma)", "cola-free",
            {"lr": 0.3, "friction": 1.0, "temperature": 0.0}),
     Method("sgd", "SGD, momentum 0.9", "sgd", {"momentum": 0.9},

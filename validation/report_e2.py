@@ -211,6 +211,13 @@ def _reading(abl: dict, long: dict | None, diff: dict) -> str:
         else none
     )
     friction = _chosen(abl, "cola_friction", "friction")
+    values = [r["value"] for r in abl["tuning"].get("cola_friction", {}).get("runs", [])]
+    if friction is not None and values and friction == min(values):
+        edge = " (the smallest value of the grid)"
+    elif friction is not None and values and friction == max(values):
+        edge = " (the largest value of the grid)"
+    else:
+        edge = ""
     return _t(
         "e2_released_reading",
         exact_diff=pm("released_exact"),
@@ -231,7 +238,7 @@ def _reading(abl: dict, long: dict | None, diff: dict) -> str:
         radius_grid=radius_grid or "none",
         radius_gain=_pm(gain) if not math.isnan(gain["mean"]) else "not measured",
         radius_verdict=pm("cola_radius"),
-        friction=f"{friction:g}" if friction is not None else "not chosen",
+        friction=f"{friction:g}{edge}" if friction is not None else "not chosen",
         friction_grid=friction_grid or "none",
         friction_gain=(
             _pm(friction_gain) if not math.isnan(friction_gain["mean"]) else "not measured"
