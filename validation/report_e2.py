@@ -244,6 +244,14 @@ def _reading(abl: dict, long: dict | None, diff: dict) -> str:
             _pm(friction_gain) if not math.isnan(friction_gain["mean"]) else "not measured"
         ),
         friction_verdict=pm("cola_friction"),
+        friction_acc=(
+            _pm(paired_difference(runs["cola_friction"], runs["released"], "last_test_acc"))
+            if "cola_friction" in runs and "released" in runs
+            else "not measured"
+        ),
+        friction_train=f"{_mean_of(runs.get('cola_friction', []), 'final_train_loss'):.3f}",
+        friction_rise=f"{_mean_of(runs.get('cola_friction', []), 'test_loss_rise'):.4f}",
+        cola_rise=f"{_mean_of(runs.get('cola_t0', []), 'test_loss_rise'):.4f}",
         long_line=long_line,
     )
 
