@@ -51,7 +51,7 @@ import manifold_langevin as ml
 from validation import exp_e2
 from validation.exp_e2 import LAST, Method
 
-__all__ = ["METHODS", "main", "run", "run_one", "summarize_runs"]
+__all__ = ["METHODS", "main", "point_scores", "run", "run_one", "summarize_runs"]
 
 #: the overdamped step (see the module docstring)
 H_OD = 0.3
@@ -111,13 +111,14 @@ def run_one(key: str, seed: int, epochs: int, quick: bool) -> dict:
     return rec
 
 
-def _point(rec: dict) -> dict:
-    """The point estimate's scores: means over the evaluations of the last LAST epochs."""
+def point_scores(rec: dict) -> dict:
+    """The point estimate's scores: means over the evaluations of the last LAST epochs (the
+    loss and accuracy of ``exp_e2.summarize``, the ECE over the same window)."""
     epochs = np.asarray(rec["epochs"])
     window = epochs > epochs[-1] - LAST
     return {
-        "nll": float(np.asarray(rec["test_loss"])[window].mean()),
-        "acc": float(np.asarray(rec["test_acc"])[window].mean()),
+        "nll": rec["last_test_loss"],
+        "acc": rec["last_test_acc"],
         "ece": float(np.asarray(rec["ece"])[window].mean()),
     }
 
@@ -129,7 +130,7 @@ def summarize_runs(runs: dict[str, list[dict]]) -> dict:
     for key, recs in runs.items():
         ok = [r for r in recs if "diverged_at" not in r and r.get("epochs")]
         entry = {"n_seeds": len(ok), "diverged": [r["seed"] for r in recs if r not in ok]}
-        for name, get in (("point", _point), ("average", lambda r: r.get("average"))):
+        for name, get in (("point", point_scores), ("average", lambda r: r.get("average"))):
             values = [get(r) for r in ok if get(r)]
             entry[name] = (
                 {s: exp_e2._stat([v[s] for v in values]) for s in SCORES} if values else {}
@@ -205,7 +206,7 @@ def run(methods, seeds: int, epochs: int, jobs: int, quick: bool, progress: Path
             save()
             r = done[f"{k}/{s}"]
             if not quick:
-                p = _point(r) if r.get("epochs") else {}
+                p = point_scores(r) if r.get("epochs") else {}
                 nll, ece = p.get("nll", math.nan), p.get("ece", math.nan)
                 print(f"[seed {s}] {k}: last-{LAST} NLL {nll:.4f}, ECE {ece:.4f}, "
                       f"{r['seconds']:.0f} s", flush=True)  # fmt: skip

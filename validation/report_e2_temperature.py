@@ -13,19 +13,13 @@ import math
 import shutil
 from pathlib import Path
 
-from validation.exp_e2 import LAST
+from validation.exp_e2_temperature import point_scores
 from validation.report import RESULTS, fill
-from validation.report_e2 import paired_difference
+from validation.report_e2 import _pm, paired_difference
 
 __all__ = ["e2_temperature_section"]
 
 DIR = RESULTS / "e2_temperature"
-
-
-def _pm(d: dict) -> str:
-    if d.get("n", 0) < 2:
-        return f"{d['mean']:+.4f} (one seed)"
-    return f"{d['mean']:+.4f} ± {d['sem']:.4f}"
 
 
 def _direction(d: dict | None) -> str:
@@ -47,13 +41,9 @@ def _point_runs(result: dict, key: str, score: str, averaged: bool) -> list[dict
     for r in result["runs"].get(key, []):
         if "diverged_at" in r or not r.get("epochs"):
             continue
-        if averaged:
-            if "average" in r:
-                out.append({"seed": r["seed"], score: r["average"][score]})
-            continue
-        n = sum(1 for e in r["epochs"] if e > r["epochs"][-1] - LAST)
-        field = {"nll": "test_loss", "acc": "test_acc", "ece": "ece"}[score]
-        out.append({"seed": r["seed"], score: sum(r[field][-n:]) / n})
+        scores = r.get("average") if averaged else point_scores(r)
+        if scores:
+            out.append({"seed": r["seed"], score: scores[score]})
     return out
 
 

@@ -49,7 +49,7 @@ def test_ece_by_hand():
     assert calibration_scores(probs.double(), labels, n_bins=10)["ece"] == pytest.approx(0.325)
 
 
-def test_predictive_average_is_the_mean_of_the_samples(tmp_path):
+def test_predictive_average_is_the_mean_of_the_samples():
     torch.manual_seed(0)
     model = ml.nn.mlp([4, 8, 3])
     split = ml.nn.data.Split(torch.randn(50, 4), torch.randint(0, 3, (50,)))

@@ -7,27 +7,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 
 import pytest
 
+from tests.validation import fashion_mnist
 from validation import exp_e2_temperature as exp
-from validation.experiment_data import load_fashion_mnist
 
-try:
-    load_fashion_mnist()
-    MISSING = None
-except FileNotFoundError as exc:
-    MISSING = str(exc)
-    if not os.environ.get("MANIFOLD_LANGEVIN_CI"):
-        pytest.skip(MISSING, allow_module_level=True)
+MISSING = fashion_mnist.require()
 
 
 @pytest.fixture(autouse=True)
 def _dataset():
-    if MISSING is not None:
-        pytest.fail(f"CI installs Fashion-MNIST (.ci/run) but it is missing: {MISSING}")
+    fashion_mnist.fail_if_missing(MISSING)
 
 
 def test_quick_run_scores_points_and_averages_and_resumes(tmp_path, monkeypatch):

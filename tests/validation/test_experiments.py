@@ -11,23 +11,17 @@ developer machine without the package) the module is skipped.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 
 import manifold_langevin as ml
 from manifold_langevin.optim import CoLA
+from tests.validation import fashion_mnist
 from validation import exp_e2, exp_orthogonal
 from validation.experiment_data import load_fashion_mnist
 
-try:
-    load_fashion_mnist()
-    MISSING = None
-except FileNotFoundError as exc:
-    MISSING = str(exc)
-    if not os.environ.get("MANIFOLD_LANGEVIN_CI"):
-        pytest.skip(MISSING, allow_module_level=True)
+MISSING = fashion_mnist.require()
 
 TOL = 1e-5
 
@@ -35,8 +29,7 @@ TOL = 1e-5
 @pytest.fixture(autouse=True)
 def _dataset():
     # under CI each test of the module fails (the rest of the suite still runs)
-    if MISSING is not None:
-        pytest.fail(f"CI installs Fashion-MNIST (.ci/run) but it is missing: {MISSING}")
+    fashion_mnist.fail_if_missing(MISSING)
 
 
 @pytest.fixture(autouse=True)
