@@ -15,7 +15,7 @@ Cases (``CASES``):
   with its one finiteness sync; ``cola_mask``: sync-free, ``on_nonfinite="mask"``), eager at
   temperature 1e-4 (``cola_noisy``: the default ``fuse=True``, one rotation per step with one
   normal per weight; ``cola_noisy_unfused``: rotate, O, rotate) and ``CoLA(compile=True)`` with
-  and without the sync.
+  and without the sync; ``normal_draws``: the one normal per weight of the noisy step alone.
 * ``circle_mlp``: the same on the 784-1000-10 MLP of the paper's E2 (both weight matrices circle
   constrained with the paper's radii, biases free).
 * ``ortho_1024x1024``, ``ortho_512x4608`` (a wide conv-like kernel ``(out, in*kh*kw)``: CoLA keeps
@@ -225,6 +225,13 @@ def _cola_variants(make: Callable[..., CoLA], compiled: bool) -> dict[str, CoLA]
     return out
 
 
+def _normal_draws(n: int, device, dtype) -> Callable[[], object]:
+    """One standard normal per circle weight from a seeded generator: what the noisy circle step
+    draws, timed alone (the floor of ``cola_noisy`` above the zero-temperature step)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    return lambda: torch.randn(n, generator=gen, device=device, dtype=dtype)
+
+
 def case_circle_flat(
     n: int, device, dtype, radius: float = 0.1, lr: float = 0.1, compiled: bool = True
 ) -> Case:
@@ -249,6 +256,7 @@ def case_circle_flat(
         return CoLA([c], lr=lr, friction=1.0, constraint="circle", radius=radius, **kw)
 
     methods.update({k: o.step for k, o in _cola_variants(make, compiled).items()})
+    methods["normal_draws"] = _normal_draws(n, device, dtype)
     return Case(
         name="circle_1e6" if n == 10**6 else f"circle_{n}",
         description=f"circle constraint on {n} weights (one tensor)",
@@ -311,6 +319,7 @@ def case_circle_mlp(sizes, device, dtype, lr: float = 0.1, compiled: bool = True
 
     methods.update({k: o.step for k, o in _cola_variants(make, compiled).items()})
     n_weights = sum(p.numel() for p in base.parameters() if p.dim() >= 2)
+    methods["normal_draws"] = _normal_draws(n_weights, device, dtype)
     return Case(
         name="circle_mlp",
         description=f"circle constraint on the {'-'.join(map(str, sizes))} MLP",

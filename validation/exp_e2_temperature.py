@@ -11,8 +11,8 @@ over the ``N = 10,000`` training images, so the measure ``exp(-L / tau)`` at ``t
 
 Methods (``METHODS``; the same seeds for all):
 
-* ``ud_t0``, ``ud_t1e-5``, ``ud_t1e-4``: c-CoLA-ud (``h = 0.3``, ``gamma = 1``) at temperatures
-  0 (the paper's E2), 1e-5 and 1e-4.
+* ``ud_t0``, ``ud_t1e-6``, ``ud_t1e-5``, ``ud_t1e-4``: c-CoLA-ud (``h = 0.3``, ``gamma = 1``) at
+  temperatures 0 (the paper's E2), 1e-6, 1e-5 and 1e-4.
 * ``od_t0``, ``od_t1e-4``: c-CoLA-od, projected Euler-Maruyama on the circles with step
   ``h = 0.3`` (the long-run learning rate of the underdamped scheme's heavy ball,
   ``h^2 (1 + mu) / (2 (1 - mu))`` with ``mu = exp(-gamma h)``): constrained SGD and constrained
@@ -60,6 +60,8 @@ N_BINS = 15
 METHODS = (
     Method("ud_t0", "c-CoLA-ud, T=0", "cola-circle",
            {"lr": 0.3, "friction": 1.0, "temperature": 0.0}),
+    Method("ud_t1e-6", "c-CoLA-ud, T=1e-6", "cola-circle",
+           {"lr": 0.3, "friction": 1.0, "temperature": 1e-6}),
     Method("ud_t1e-5", "c-CoLA-ud, T=1e-5", "cola-circle",
            {"lr": 0.3, "friction": 1.0, "temperature": 1e-5}),
     Method("ud_t1e-4", "c-CoLA-ud, T=1e-4", "cola-circle",

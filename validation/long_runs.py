@@ -24,13 +24,14 @@ the records to that of the first tenth. The run passes when every record is with
 and the log-residual grows by less than ``GROWTH_LIMIT`` decades over the run (both the fitted
 slope times the run length and the decile ratio).
 
-Measured (``validation/results/long_runs.json``, ``10^5`` steps, one CPU thread on a shared
-2-core machine, 13 minutes): the orthogonal weight's residual stays between 4.8e-7 and 8.3e-7
-(tolerance 1.5e-5), slope +0.004 +- 0.023 decades per ``10^5`` steps, last/first decile 1.10;
-the circles' largest residual is 3.7e-7 at every record (tolerance 1e-6), slope 0; no update
-was rejected. Meanwhile the weights moved (orthogonal: max entry change 0.45, loss near its
-thermal level; circles: half of the ``xi`` on the far side, ``xi < 0``). A noise stream seeded
-like the optimizer's would have cancelled part of CoLA's noise (see ``run_case``).
+Measured (``validation/results/long_runs.json``, ``10^5`` steps, one CPU thread on a 2-core
+machine, 5 minutes): the orthogonal weight's residual stays at or below 1.2e-6 (tolerance
+1.5e-5), slope -0.022 +- 0.020 decades per ``10^5`` steps, last/first decile 0.93; the circles'
+largest residual is at most 5.6e-7 (tolerance 1e-6; first and last decile means 4.7e-7 and
+4.8e-7), slope +0.010 +- 0.005; no update was rejected. Meanwhile the weights moved
+(orthogonal: max entry change 0.45, loss near its thermal level; circles: half of the ``xi`` on
+the far side, ``xi < 0``). A noise stream seeded like the optimizer's would have cancelled part
+of CoLA's noise (see ``run_case``).
 
 Run ``python -m validation.long_runs [--quick] [--steps N] [--every K] [--out DIR]``; writes
 ``long_runs.json`` and ``long_runs.png`` (residual against step, log scale, tolerance dashed) to

@@ -155,21 +155,30 @@ MUTANTS: list[Mutant] = [
         "CoLA circle 'od' with noise sqrt(h tau) instead of sqrt(2 h tau)",
     ),
     Mutant(
-        "cola-circle-o-xi-undamped",
+        "cola-circle-o-noise-radius",
         "manifold_langevin/integrators/circle_substeps.py",
-        "pw, pxi = ou_update(pw, c1, c2, rw), ou_update(pxi, c1, c2, rxi)",
-        "pw, pxi = ou_update(pw, c1, c2, rw), pxi + c2 * rxi",
+        "b = None if noise is None else c2 / radius",
+        "b = None if noise is None else c2",
         (CD, CT),
-        "CoLA circle O step without the friction factor on the xi momentum",
+        "CoLA circle O step with the noise's angular velocity z c2 instead of z c2 / r",
     ),
     Mutant(
-        "circle-kick-rotate-angle-radius",
+        "circle-kick-angle-radius",
         "manifold_langevin/integrators/circle_substeps.py",
-        "omega = torch.addcmul(w * pxi, xi, pw, value=-1.0).div_(r2)",
-        "omega = torch.addcmul(w * pxi, xi, pw, value=-1.0).div_(torch.sqrt(r2))",
+        "return _fma(omega, grad, xi, kick / (radius * radius), inplace)",
+        "return _fma(omega, grad, xi, kick / radius, inplace)",
         (CD, CT),
-        "the fused circle kick-and-rotate (CoLA's circle path) with angular velocity divided "
-        "by r instead of r^2",
+        "the circle kick (CoLA's circle path) changing the angular velocity by kick grad xi / r "
+        "instead of / r^2",
+    ),
+    Mutant(
+        "circle-renormalisation-newton",
+        "manifold_langevin/integrators/circle_substeps.py",
+        "k = torch.addcmul(w.new_full((), 1.5), w, w, value=-0.5 * inv_r2)",
+        "k = torch.addcmul(w.new_full((), 1.5), w, w, value=-0.25 * inv_r2)",
+        ("tests/integrators/test_circle_substeps.py", CD),
+        "CoLA's eager circle rotation with a wrong Newton factor for r / |x| (the point leaves "
+        "its circle)",
     ),
     Mutant(
         "cola-circle-xi-init",

@@ -231,6 +231,8 @@ METHODS = {
     "cola_noisy": "CoLA, eager, temperature 1e-4 (circles: the default `fuse=True`, one rotation "
     "per step; orthogonal: two RATTLE steps and a projected Gaussian)",
     "cola_noisy_unfused": "the same with `fuse=False`: rotate, O, rotate",
+    "normal_draws": "`torch.randn` of one normal per circle weight alone (what the noisy step "
+    "draws)",
     "cola_compiled": "`CoLA(compile=True)`",
     "cola_compiled_nosync": '`CoLA(compile=True, on_nonfinite="mask")`: no host sync',
     "cola_compiled_step": '`torch.compile(opt.step)` of a `CoLA(on_nonfinite="mask")`: the '
@@ -385,7 +387,7 @@ def _circle_vs_sgd(o: dict) -> dict:
 MISSES: dict[str, Callable[[dict], dict]] = {
     "circle_vs_sgd": _circle_vs_sgd,
     "circle_vs_sgd_eager": lambda o: {
-        "eager": f"{_ratio(o, 'circle_1e6', 'cola', 'sgd_momentum'):.0f}",
+        "eager": f"{_ratio(o, 'circle_1e6', 'cola', 'sgd_momentum'):.1f}",
         "spread": _spread(o, "circle_1e6", "cola", "sgd_momentum"),
         "compiled": f"{_ratio(o, 'circle_1e6', 'cola_compiled', 'sgd_momentum'):.1f}",
     },
@@ -416,6 +418,8 @@ MISSES: dict[str, Callable[[dict], dict]] = {
         "over_t0": f"{_ratio(o, 'circle_mlp', 'cola_noisy', 'cola'):.2f}",
         "unfused": f"{_ratio(o, 'circle_mlp', 'cola_noisy_unfused', 'sgd_momentum'):.1f}",
         "speedup": f"{_ratio(o, 'circle_mlp', 'cola_noisy_unfused', 'cola_noisy'):.2f}",
+        "normals": f"{_ratio(o, 'circle_mlp', 'normal_draws', 'sgd_momentum'):.1f}",
+        "t0": f"{_ratio(o, 'circle_mlp', 'cola', 'sgd_momentum'):.1f}",
     },
     "e2_mask_vs_default": lambda o: {
         "ratio": f"{_ratio(o, 'circle_mlp', 'cola_mask', 'cola'):.2f}",

@@ -199,6 +199,22 @@ def _reading(abl: dict, long: dict | None, diff: dict) -> str:
         )
     else:
         long_line = "not run"
+    long_runs = long["runs"] if long else {}
+    if "cola_friction_fixed" in long_runs and "released" in long_runs:
+        long_diff = paired_difference(long_runs["cola_friction_fixed"], long_runs["released"])
+        long_friction = fill(
+            "experiments/e2_released_long_friction",
+            friction=f"{long['methods']['cola_friction_fixed']['chosen']['friction']:g}",
+            diff=_pm(long_diff),
+            verdict="lower: the win holds at the paper's horizon"
+            if long_diff["mean"] < 0
+            else "not lower: the win does not hold at the paper's horizon",
+            rise=f"{_mean_of(long_runs['cola_friction_fixed'], 'test_loss_rise'):.4f}",
+            released_rise=f"{_mean_of(long_runs['released'], 'test_loss_rise'):.4f}",
+            train=f"{_mean_of(long_runs['cola_friction_fixed'], 'final_train_loss'):.3f}",
+        )
+    else:
+        long_friction = ""
     chosen = methods.get("cola_radius", {}).get("chosen", {}).get("radius")
     friction_grid = ", ".join(
         f"{r['value']:g}: {r['last_val_loss']:.4f}"
@@ -253,6 +269,7 @@ def _reading(abl: dict, long: dict | None, diff: dict) -> str:
         friction_rise=f"{_mean_of(runs.get('cola_friction', []), 'test_loss_rise'):.4f}",
         cola_rise=f"{_mean_of(runs.get('cola_t0', []), 'test_loss_rise'):.4f}",
         long_line=long_line,
+        long_friction=long_friction,
     )
 
 

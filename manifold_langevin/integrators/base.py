@@ -17,7 +17,7 @@ import torch
 from .._checks import check_positive
 from ..errors import NonFiniteError, OffManifoldError, RankDeficientError
 from ..manifolds.adapters import as_manifold
-from ..manifolds.base import ConstrainedManifold
+from ..manifolds.base import ConstrainedManifold, finite_entries
 
 __all__ = [
     "MEASURES",
@@ -50,9 +50,12 @@ def finite_chains(ndim: int, *tensors: torch.Tensor) -> torch.Tensor:
     """Per-chain flag: every entry of every tensor is finite (the event is the last ``ndim``
     dimensions)."""
     dims = tuple(range(-ndim, 0)) if ndim else None
+    if all(t.shape == tensors[0].shape for t in tensors):
+        f = finite_entries(*tensors)
+        return f.all(dim=dims) if dims else f
     out = None
     for t in tensors:
-        f = torch.isfinite(t)
+        f = finite_entries(t)
         f = f.all(dim=dims) if dims else f
         out = f if out is None else out & f
     return out

@@ -1,130 +1,164 @@
 r"""The B, A, O and E maps on circles, written on separate ``(w, xi)`` components.
 
 The same maps as [`substeps`][manifold_langevin.integrators.substeps] applied to
-[`Circles`][manifold_langevin.Circles] points ``(w, xi)`` of radius $r$ (tangent projection
-[`circle_project`][manifold_langevin.manifolds.circles.circle_project], exact geodesic
-[`circle_rotate`][manifold_langevin.manifolds.circles.circle_rotate]), for callers that hold
+[`Circles`][manifold_langevin.Circles] points ``(w, xi)`` of radius $r$, for callers that hold
 ``w`` and ``xi`` in separate tensors: the optimizer keeps ``w`` as the parameter and ``xi`` in its
 state, so stacking them into ``(..., 2)`` points would cost a copy of both per step. The loss
 does not depend on ``xi``: the force is ``(-grad, 0)``, and these maps take the gradient.
 
+A tangent momentum of a circle is $\omega\,(-\xi, w)$: one number per circle, its angular
+velocity $\omega$
+([`circle_angular_velocity`][manifold_langevin.manifolds.circles.circle_angular_velocity] and
+[`circle_momentum`][manifold_langevin.manifolds.circles.circle_momentum] convert). The
+underdamped maps here carry $\omega$ instead of the two momentum components: a kick changes it
+by the tangent part of the force, a free flow rotates $(w, \xi)$ by $\omega t$ and leaves it
+unchanged, and the O step acts on it alone. That is what makes CoLA's eager circle step 14
+elementwise passes over memory (the two components took 23).
+
 Every function is elementwise and branches on no number's value, so the numbers may be 0-d
 tensors (as they are under ``torch.compile``, where Python numbers would either recompile for
-every new value or be baked into the kernel).
+every new value or be baked into the kernel); with Python numbers the eager path uses the
+fused ``addcmul`` forms.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..manifolds.circles import circle_project, circle_rotate, circle_tangent_normal
-from .substeps import ou_update
+from ..manifolds.circles import circle_project, circle_rotate
 
-__all__ = ["baoa_step_circles", "circle_bound", "circle_kick_rotate", "euler_circles"]
+__all__ = ["baoa_step_circles", "circle_bound", "circle_kick", "circle_turn", "euler_circles"]
 
 
-def circle_kick_rotate(
+def _fma(y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, value, inplace: bool):
+    """``y + value * a * b`` (into ``y`` when ``inplace``): one ``addcmul`` pass for a Python
+    ``value``; a 0-d tensor ``value`` (under ``torch.compile``) takes tensor arithmetic."""
+    if isinstance(value, torch.Tensor):
+        term = a * b * value
+        return y.add_(term) if inplace else y + term
+    if inplace:
+        return y.addcmul_(a, b, value=value)
+    return torch.addcmul(y, a, b, value=value)
+
+
+def _scale(x: torch.Tensor, value, inplace: bool) -> torch.Tensor:
+    """``value * x`` (into ``x`` when ``inplace``)."""
+    return x.mul_(value) if inplace else x * value
+
+
+def _add(y: torch.Tensor, x: torch.Tensor, value, inplace: bool) -> torch.Tensor:
+    """``y + value * x`` (into ``y`` when ``inplace``)."""
+    if isinstance(value, torch.Tensor):
+        term = x * value
+        return y.add_(term) if inplace else y + term
+    return y.add_(x, alpha=value) if inplace else torch.add(y, x, alpha=value)
+
+
+def circle_kick(
+    omega: torch.Tensor,
+    xi: torch.Tensor,
+    grad: torch.Tensor,
+    kick,
+    radius,
+    inplace: bool = False,
+) -> torch.Tensor:
+    r"""B on angular velocities: the tangent part of a kick by the force ``-grad`` for time
+    ``kick``, $\omega \leftarrow \omega + \kappa\,\xi\,\partial_w L / r^2$ (the force
+    $(-\partial_w L, 0)$ along the unit tangent $(-\xi, w)/r$).
+
+    Args:
+        omega: angular velocities.
+        xi: auxiliary variables (on the circle of radius ``radius`` with their weights).
+        grad: the gradient of the loss with respect to ``w``.
+        kick: the kick time $\kappa$.
+        radius: circle radius $r$.
+        inplace: write into ``omega``.
+    """
+    return _fma(omega, grad, xi, kick / (radius * radius), inplace)
+
+
+def circle_turn(
     w: torch.Tensor,
     xi: torch.Tensor,
-    pw: torch.Tensor,
-    pxi: torch.Tensor,
-    force: torch.Tensor | None,
-    kick: float,
-    t: float,
-    radius: float,
-    scale: float = 1.0,
-    normal: torch.Tensor | None = None,
-    normal_angle: float = 0.0,
-    normal_speed: float = 0.0,
-    out: tuple[torch.Tensor, ...] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    r"""B then A: a kick, its tangent projection and the exact rotation for time ``t``, fused.
+    theta: torch.Tensor,
+    radius,
+    inplace: bool = False,
+    exact: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Rotate every ``(w, xi)`` by its angle ``theta``, onto radius ``r``.
 
-    The same map as [`circle_project`][manifold_langevin.manifolds.circles.circle_project]
-    applied to ``(pw + kick * force, pxi)`` followed by
-    [`circle_rotate`][manifold_langevin.manifolds.circles.circle_rotate] (the momentum then
-    multiplied by ``scale``), written for fewer passes over memory: after the projection the
-    momentum is $\omega\,(-\xi, w)$ with angular velocity
-
-    $$\omega = \frac{w\,p_\xi - \xi\,(p_w + \kappa f)}{w^2 + \xi^2},$$
-
-    the flow rotates $(w, \xi)$ by $\theta = \omega t$ (renormalised onto radius $r$, as
-    ``circle_rotate`` does) and the rotated momentum is $\omega\,(-\xi_t, w_t)$ with the
-    unnormalised rotated point. About 20 elementwise operations against some 35 for the
-    composition; under ``torch.compile`` it becomes one loop.
-
-    With ``normal`` ($z$, one standard normal per circle) the angle gains $a z$ and the returned
-    angular velocity $b z$: $\theta = \omega t + a z$, $\omega' = s\,\omega + b z$ (``scale`` $s$,
-    ``normal_angle`` $a$, ``normal_speed`` $b$), the form of a whole noisy ``A O A``
-    (see [`baoa_step_circles`][]).
+    $(w, \xi) \leftarrow k\,R_\theta (w, \xi)$: both components rotated from their OLD
+    values (the released scripts used the already-rotated ``w`` for ``xi``, which shrinks the
+    radius), and the rounding of the earlier steps taken off the radius, so that it cannot
+    accumulate. The factor is one Newton step for $r / |x|$ from 1,
+    $k = \tfrac{3}{2} - \tfrac{1}{2} q$ with $q = (w^2 + \xi^2) / r^2 = 1 + \delta$: the radius
+    after the step is off by $\tfrac{3}{8}\delta^2$ plus the rotation's own rounding, which is
+    exact to rounding for the points the steps produce ($|\delta|$ of a few ulps) at two passes
+    fewer than ``rsqrt``, and brings a point off its circle back quadratically for
+    $|\delta| \le 1$ (any ``|w|, |xi| <= r``). A change of ``r`` is not a small $\delta$:
+    ``exact`` takes $k = r / |x|$ itself (CoLA does at the first step after a group's radius
+    changed).
 
     Args:
         w: weights.
         xi: auxiliary variables.
-        pw: momentum of ``w`` (need not be tangent: only the tangent part matters).
-        pxi: momentum of ``xi``.
-        force: the force on ``w`` (``None``: no kick); ``xi`` feels no force.
-        kick: the kick time $\kappa$ (a number or a 0-d tensor, as the next three).
-        t: the rotation time.
+        theta: rotation angles; with ``inplace`` a temporary of the caller's, whose storage is
+            reused.
         radius: circle radius $r$.
-        scale: factor applied to the returned momentum.
-        normal: one standard normal per circle (``None``: none).
-        normal_angle: its coefficient in the rotation angle.
-        normal_speed: its coefficient in the returned angular velocity.
-        out: four tensors to write the results into (they may be the inputs: every input is
-            read before the first write); the same numbers, without four copies.
+        inplace: write ``xi_t`` into ``xi`` (``w_t`` is always a new tensor: the caller writes
+            it with the bound, [`circle_bound`][]).
+        exact: the factor ``r / |x|`` exactly (``rsqrt``) instead of its Newton step.
 
     Returns:
-        ``(w_t, xi_t, pw_t, pxi_t)`` (``out`` when given).
+        ``(w_t, xi_t)``.
     """
-    if force is not None:
-        pw = pw + force * kick
-    r2 = torch.addcmul(w * w, xi, xi)
-    omega = torch.addcmul(w * pxi, xi, pw, value=-1.0).div_(r2)
-    theta = omega * t
-    if normal is not None:
-        theta = theta + normal * normal_angle
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    w_t = torch.addcmul(cos * w, sin, xi, value=-1.0)
-    xi_t = torch.addcmul(sin * w, cos, xi)
-    omega = omega * scale
-    if normal is not None:
-        omega = omega + normal * normal_speed
-    norm = torch.rsqrt(r2) * radius
-    if out is not None:
-        ow, oxi, opw, opxi = out
-        torch.mul(omega, xi_t, out=opw).neg_()
-        torch.mul(omega, w_t, out=opxi)
-        return torch.mul(w_t, norm, out=ow), torch.mul(xi_t, norm, out=oxi), opw, opxi
-    pw_t = torch.mul(omega, xi_t).neg_()
-    pxi_t = omega * w_t
-    return w_t.mul_(norm), xi_t.mul_(norm), pw_t, pxi_t
+    inv_r2 = 1.0 / (radius * radius)
+    cos = torch.cos(theta)
+    if inplace and not isinstance(radius, torch.Tensor):
+        sin = torch.sin(theta, out=theta)
+        # r / |x| from the point before the rotation (a rotation keeps the norm)
+        if exact:
+            k = torch.mul(w, w).addcmul_(xi, xi).mul_(inv_r2).rsqrt_()
+        else:
+            k = torch.addcmul(w.new_full((), 1.5), w, w, value=-0.5 * inv_r2)
+            k = k.addcmul_(xi, xi, value=-0.5 * inv_r2)
+        cos.mul_(k)
+        sin.mul_(k)
+        w_t = torch.mul(cos, w).addcmul_(sin, xi, value=-1.0)
+        return w_t, xi.mul_(cos).addcmul_(sin, w)
+    sin = torch.sin(theta)
+    q = (w * w + xi * xi) * inv_r2
+    k = torch.rsqrt(q) if exact else 1.5 - 0.5 * q
+    cos, sin = cos * k, sin * k
+    return cos * w - sin * xi, sin * w + cos * xi
 
 
-def circle_bound(w: torch.Tensor, radius) -> torch.Tensor:
-    """``|w| <= r`` exactly: the renormalised rotation can overshoot ``r`` by an ulp near
-    ``xi = 0``."""
+def circle_bound(w: torch.Tensor, radius, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``|w| <= r`` exactly (into ``out`` when given): the renormalised rotation can overshoot
+    ``r`` by an ulp near ``xi = 0``."""
+    if out is not None and not isinstance(radius, torch.Tensor):
+        return torch.clamp(w, -radius, radius, out=out)
     return torch.clamp(w, -radius, radius)
 
 
-def baoa_step_circles(w, xi, pw, pxi, grad, kick_h, h, c1, c2, radius, noise, fuse, out=None):
+def baoa_step_circles(
+    w, xi, omega, grad, kick_h, h, c1, c2, radius, noise, fuse, inplace=False, exact=False
+):
     r"""[`baoa_step`][manifold_langevin.integrators.substeps.baoa_step] on circles:
-    ``B(kick_h) A(h/2) O(h) A(h/2)`` with exact rotations.
+    ``B(kick_h) A(h/2) O(h) A(h/2)`` with exact rotations, on angular velocities.
 
-    On a circle the tangent momentum is $\omega\,(-\xi, w)$ and the O step changes only the
-    angular velocity: with the normal tangent vector $z\,u$ of
+    The O step changes only the angular velocity: the normal tangent vector $z\,u$ of
     [`circle_tangent_normal`][manifold_langevin.manifolds.circles.circle_tangent_normal]
-    ($|u| = 1$, $|(-\xi, w)| = r$), $\omega \to \omega' = c_1 \omega + (c_2 / r) z$. Rotations
-    of one circle compose, so ``A(h/2) O A(h/2)`` is one rotation by
-    $\theta = \tfrac{h}{2}(\omega + \omega')$ ending with angular velocity $\omega'$, exact at any
-    temperature; with ``fuse`` it is evaluated that way (one cosine and sine per weight instead
-    of two).
+    ($|u| = 1$, $|(-\xi, w)| = r$) has angular velocity $z / r$, so
+    $\omega \to \omega' = c_1 \omega + (c_2 / r) z$. Rotations of one circle compose, so
+    ``A(h/2) O A(h/2)`` is one rotation by $\theta = \tfrac{h}{2}(\omega + \omega')$ ending
+    with angular velocity $\omega'$, exact at any temperature; with ``fuse`` it is evaluated
+    that way (one cosine and sine per weight instead of two).
 
     Args:
         w: weights.
         xi: auxiliary variables.
-        pw: momentum of ``w``.
-        pxi: momentum of ``xi``.
+        omega: angular velocities (the momentum is $\omega\,(-\xi, w)$).
         grad: the gradient of the loss with respect to ``w`` (the force is ``-grad``).
         kick_h: kick time.
         h: step.
@@ -133,32 +167,33 @@ def baoa_step_circles(w, xi, pw, pxi, grad, kick_h, h, c1, c2, radius, noise, fu
         radius: circle radius.
         noise: one standard normal per weight for the O step, shaped like ``w`` (``None`` when
             ``c2 == 0``).
-        fuse: take ``A O A`` as one rotation (above; without noise the rotation of time
-            ``(1 + c1) h / 2`` followed by the damping, as
-            [`damped_drift`][manifold_langevin.integrators.substeps.damped_drift]).
-        out: with ``fuse``, four tensors to write the results into (they may be the inputs;
-            see [`circle_kick_rotate`][]); ignored otherwise.
+        fuse: take ``A O A`` as one rotation (above).
+        inplace: write the results into ``(w, xi, omega)`` (CoLA's eager path: the same
+            numbers, fewer passes over memory).
+        exact: renormalise onto the radius exactly (see [`circle_turn`][]): for points that are
+            not on the circle of ``radius`` to rounding, as after a change of the radius.
 
     Returns:
-        ``(w, xi, pw, pxi)``.
+        ``(w, xi, omega)``.
     """
+    omega = circle_kick(omega, xi, grad, kick_h, radius, inplace)
+    b = None if noise is None else c2 / radius
     if fuse:
-        t = 0.5 * (1.0 + c1) * h
-        b = 0.0 if noise is None else c2 / radius
-        w, xi, pw, pxi = circle_kick_rotate(
-            w, xi, pw, pxi, grad, -kick_h, t, radius, c1, noise, 0.5 * h * b, b, out=out
-        )
-        if out is not None:
-            return w.clamp_(-radius, radius), xi, pw, pxi
-        return circle_bound(w, radius), xi, pw, pxi
-    w, xi, pw, pxi = circle_kick_rotate(w, xi, pw, pxi, grad, -kick_h, 0.5 * h, radius)
-    if noise is None:
-        pw, pxi = ou_update(pw, c1, c2, None), ou_update(pxi, c1, c2, None)
+        # one rotation by theta = h/2 (omega + omega'), omega' = c1 omega + b z
+        theta = omega * (0.5 * (1.0 + c1) * h)
+        if noise is not None:
+            theta = _add(theta, noise, 0.5 * h * b, True)  # theta is ours to overwrite
+        w_t, xi = circle_turn(w, xi, theta, radius, inplace, exact)
+        omega = _scale(omega, c1, inplace)
+        if noise is not None:
+            omega = _add(omega, noise, b, inplace)
     else:
-        rw, rxi = circle_tangent_normal(w, xi, noise)
-        pw, pxi = ou_update(pw, c1, c2, rw), ou_update(pxi, c1, c2, rxi)
-    w, xi, pw, pxi = circle_rotate(w, xi, pw, pxi, 0.5 * h, radius)
-    return circle_bound(w, radius), xi, pw, pxi
+        w_t, xi = circle_turn(w, xi, omega * (0.5 * h), radius, inplace, exact)
+        omega = _scale(omega, c1, inplace)
+        if noise is not None:
+            omega = _add(omega, noise, b, inplace)
+        w_t, xi = circle_turn(w_t, xi, omega * (0.5 * h), radius, inplace)
+    return circle_bound(w_t, radius, out=w if inplace else None), xi, omega
 
 
 def euler_circles(w, xi, grad, h, temperature, radius, noise):

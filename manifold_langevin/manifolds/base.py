@@ -37,6 +37,7 @@ __all__ = [
     "default_tolerance",
     "event_sum",
     "factor_solve",
+    "finite_entries",
     "small_factor",
     "small_solve",
 ]
@@ -109,6 +110,28 @@ def event_sum(t: torch.Tensor, ndim: int, keepdim: bool = False) -> torch.Tensor
     if ndim == 1:
         return row_sum(t, keepdim=keepdim)
     return t.sum(dim=tuple(range(-ndim, 0)), keepdim=keepdim)
+
+
+def finite_entries(*tensors: torch.Tensor) -> torch.Tensor:
+    """Per entry (broadcast): are all ``tensors`` finite there, as ``torch.isfinite`` of each
+    combined with ``&``.
+
+    Eagerly, ``x * 0`` is 0 for a finite ``x`` and NaN for an infinity or a NaN, so one product
+    per tensor, their sum and one comparison decide it; ``torch.isfinite`` on CPU takes four
+    passes per tensor (an equality, an absolute value, a comparison, a conjunction), which made
+    it the largest cost of the optimizer's sync-free mode. Under ``torch.compile`` the plain
+    ``torch.isfinite`` is used (the compiler fuses it, and it might fold ``x * 0`` away)."""
+    if is_compiling():
+        ok = torch.isfinite(tensors[0])
+        for t in tensors[1:]:
+            ok = ok & torch.isfinite(t)
+        return ok
+    zero = tensors[0].new_zeros(())
+    acc = tensors[0] * zero
+    for t in tensors[1:]:
+        # in place where the shapes agree (an FMA keeps inf * 0 = NaN)
+        acc = acc.addcmul_(t, zero) if t.shape == acc.shape else acc + t * zero
+    return acc == 0
 
 
 def is_compiling() -> bool:

@@ -16,7 +16,14 @@ from ..noise import standard_normal
 from .base import as_time
 from .sphere import Sphere
 
-__all__ = ["Circles", "circle_project", "circle_rotate", "circle_tangent_normal"]
+__all__ = [
+    "Circles",
+    "circle_angular_velocity",
+    "circle_momentum",
+    "circle_project",
+    "circle_rotate",
+    "circle_tangent_normal",
+]
 
 
 def circle_project(
@@ -25,6 +32,23 @@ def circle_project(
     """Tangent projection of the momentum ``(pw, pxi)`` at ``(w, xi)``, elementwise."""
     coef = (w * pw + xi * pxi) / (w * w + xi * xi)
     return pw - coef * w, pxi - coef * xi
+
+
+def circle_angular_velocity(
+    w: torch.Tensor, xi: torch.Tensor, pw: torch.Tensor, pxi: torch.Tensor
+) -> torch.Tensor:
+    r"""The angular velocity $\omega = (w\,p_\xi - \xi\,p_w) / (w^2 + \xi^2)$ of the momentum
+    ``(pw, pxi)`` at ``(w, xi)``: its tangent part is $\omega\,(-\xi, w)$
+    ([`circle_momentum`][]), elementwise."""
+    return (w * pxi - xi * pw) / (w * w + xi * xi)
+
+
+def circle_momentum(
+    w: torch.Tensor, xi: torch.Tensor, omega: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The tangent momentum $\omega\,(-\xi, w)$ of angular velocity ``omega`` at ``(w, xi)``
+    (the inverse of [`circle_angular_velocity`][] on tangent momenta), elementwise."""
+    return -omega * xi, omega * w
 
 
 def circle_tangent_normal(

@@ -56,7 +56,7 @@ zero temperature is one fused RATTLE step ([`Stiefel.rattle`][manifold_langevin.
 the kick's tangent projection and the returned velocity's are left out, since RATTLE only sees
 the tangent part of the momentum): four $N \times p \times p$ products (two of them Gram
 matrices formed from their upper blocks) plus three $p \times p \times p$ ones. With noise it is
-two RATTLE steps and a projected Gaussian. A circle step is some 20 elementwise passes per weight
+two RATTLE steps and a projected Gaussian. A circle step is 14 elementwise passes per weight
 in cache-sized chunks (with noise a few more and one normal per weight), or one compiled loop
 with ``compile=True``. On a GPU a step's time is set
 by the number of operations it launches more than by its flops, so the CPU-only measures, blocked
@@ -101,6 +101,7 @@ from .state import (
     extra_state,
     restore_generators,
     split_extra,
+    upgrade_circle_momenta,
 )
 from .updates import compiled_circle_update_, update_circles, update_free, update_manifold
 
@@ -188,9 +189,13 @@ class CoLA(Optimizer):
     circle step; ``"mask"`` rejects such entries).
 
     State (per parameter, in [`state_dict`][]): ``step``, ``pending_kick`` (the carried
-    $h/2$), ``momentum_buffer`` (``"ud"``; for an orthogonal weight stepped by RATTLE
-    it is stored before its tangent projection, which the next step makes redundant: the velocity
-    is its tangent part, ``Stiefel().proju(w, buf)``), ``xi`` and ``xi_momentum`` (circles),
+    $h/2$), ``momentum_buffer`` (``"ud"``, parameters not on circles; for an orthogonal weight
+    stepped by RATTLE it is stored before its tangent projection, which the next step makes
+    redundant: the velocity is its tangent part, ``Stiefel().proju(w, buf)``), for circles ``xi``
+    and (``"ud"``) ``angular_velocity`` $\omega$ (the momentum of ``(w, xi)`` is
+    $\omega\,(-\xi, w)$, [`circle_momentum`][manifold_langevin.manifolds.circles.circle_momentum])
+    and ``radius`` (the radius the point is on: after a change of the group's ``radius`` the
+    next step takes the point onto the new circle),
     ``n_rejected`` (an int64 device counter); plus, under the ``"cola"`` key, the format version,
     the seed, ``n_skipped``, the state of every noise generator and the parameter shapes.
 
@@ -236,7 +241,7 @@ class CoLA(Optimizer):
         generator: a ``torch.Generator`` to use for the parameters on its device (instead of
             ``seed``).
         compile: run each circle-constrained tensor's update as one loop compiled by
-            ``torch.compile`` (inductor) instead of some 20 eager elementwise passes, at the
+            ``torch.compile`` (inductor) instead of 14 eager elementwise passes, at the
             price of a compilation at the first step (inductor caches it on disk; the speed-up
             and the compile time are on the performance page). If compilation fails the optimizer
             warns and stays eager; with ``on_failure="raise"`` (deferred writes) the eager update is
@@ -467,17 +472,18 @@ class CoLA(Optimizer):
                     st["step"] = 0
                     st["pending_kick"] = 0.0
                     st["n_rejected"] = torch.zeros((), dtype=torch.int64, device=p.device)
-                if ud and "momentum_buffer" not in st:
-                    st["momentum_buffer"] = torch.zeros_like(
-                        p, memory_format=torch.contiguous_format
-                    )
                 if e.kind == "circle":
                     if "xi" not in st:
                         r = float(group["radius"])
                         w = p.detach()
                         st["xi"] = torch.sqrt((r * r - w * w).clamp_min(0)).contiguous()
-                    if ud and "xi_momentum" not in st:
-                        st["xi_momentum"] = torch.zeros_like(st["xi"])
+                        st["radius"] = r
+                    if ud and "angular_velocity" not in st:
+                        st["angular_velocity"] = torch.zeros_like(st["xi"])
+                elif ud and "momentum_buffer" not in st:
+                    st["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.contiguous_format
+                    )
 
     def _update(self, b):
         """A bucket's ``(commit, ok)``: see [`updates`][manifold_langevin.optim.updates]."""
@@ -555,13 +561,20 @@ class CoLA(Optimizer):
         """Load a state from [`state_dict`][manifold_langevin.optim.CoLA.state_dict], after
         checking that it fits these parameters.
 
+        A state dict of format version 1 (circle momenta held as two tensors) is read and its
+        circle momenta converted to angular velocities, which reads the parameters' current
+        values: load the model's state first.
+
         Raises:
-            ValueError: the state dict was not written by CoLA, by another version of its format,
-                or for other parameters (group sizes, shapes or constraints differ).
+            ValueError: the state dict was not written by CoLA, by a format version this one
+                cannot read, or for other parameters (group sizes, shapes or constraints
+                differ).
         """
         state_dict, extra = split_extra(state_dict)
         check_compatible(self.param_groups, state_dict, extra.get("shapes"))
         super().load_state_dict(state_dict)
+        if extra["version"] == 1:
+            upgrade_circle_momenta(self.state)
         for st in self.state.values():
             if "n_rejected" in st:
                 st["n_rejected"] = st["n_rejected"].to(torch.int64)

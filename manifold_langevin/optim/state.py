@@ -7,6 +7,7 @@ import warnings
 
 import torch
 
+from ..manifolds.circles import circle_angular_velocity
 from .distributed import device_key
 from .params import constraint_key, param_name
 
@@ -17,10 +18,15 @@ __all__ = [
     "extra_state",
     "restore_generators",
     "split_extra",
+    "upgrade_circle_momenta",
 ]
 
-#: format of ``CoLA.state_dict()``; bumped when the layout changes
-STATE_VERSION = 1
+#: format of ``CoLA.state_dict()``; bumped when the layout changes. Version 1 held a circle
+#: weight's momentum as two tensors, ``momentum_buffer`` (of ``w``) and ``xi_momentum``; version
+#: 2 holds its angular velocity, ``angular_velocity`` ([`upgrade_circle_momenta`][] converts).
+STATE_VERSION = 2
+#: older formats that [`split_extra`][] accepts (the caller upgrades them)
+READABLE_VERSIONS = (1, 2)
 
 
 def extra_state(param_groups, generators: dict, seed: int, n_skipped: int) -> dict:
@@ -40,7 +46,8 @@ def split_extra(state_dict: dict) -> tuple[dict, dict]:
     """``(torch's part, the "cola" entry)`` of a state dict.
 
     Raises:
-        ValueError: the state dict was not written by CoLA, or by another format version.
+        ValueError: the state dict was not written by CoLA, or by a format version this one
+            cannot read.
     """
     state_dict = dict(state_dict)
     extra = state_dict.pop("cola", None)
@@ -49,12 +56,27 @@ def split_extra(state_dict: dict) -> tuple[dict, dict]:
             "this state dict was not written by CoLA (it has no 'cola' entry); load it into "
             "the optimizer that wrote it"
         )
-    if extra.get("version") != STATE_VERSION:
+    if extra.get("version") not in READABLE_VERSIONS:
         raise ValueError(
             f"CoLA state dict format version {extra.get('version')!r} is not supported "
-            f"(expected {STATE_VERSION})"
+            f"(this version writes {STATE_VERSION} and reads {READABLE_VERSIONS})"
         )
     return state_dict, extra
+
+
+def upgrade_circle_momenta(state: dict) -> None:
+    """Convert the circle states of a version-1 state dict, once loaded: the momentum
+    ``(momentum_buffer, xi_momentum)`` of ``(w, xi)`` becomes its angular velocity
+    [`circle_angular_velocity`][manifold_langevin.manifolds.circles.circle_angular_velocity]
+    (the momenta were tangent, so nothing is lost). ``state`` maps the parameters to their
+    states; the conversion reads the parameters' current values, so load the model's state
+    before the optimizer's (as after any checkpoint)."""
+    for p, st in state.items():
+        if "xi_momentum" in st:
+            pw, pxi = st.pop("momentum_buffer"), st.pop("xi_momentum")
+            w = p.detach().reshape(st["xi"].shape).to(st["xi"].dtype)
+            omega = circle_angular_velocity(w, st["xi"], pw.reshape(w.shape), pxi)
+            st["angular_velocity"] = omega.contiguous()
 
 
 def restore_generators(saved: dict, here: list[str], generator) -> None:
@@ -125,7 +147,7 @@ def check_compatible(param_groups: list, state_dict: dict, shapes: list | None) 
                     "model"
                 )
             st = saved_state.get(pid, {})
-            for key in ("momentum_buffer", "xi", "xi_momentum"):
+            for key in ("momentum_buffer", "xi", "xi_momentum", "angular_velocity"):
                 if key in st and tuple(st[key].shape) != tuple(p.shape):
                     raise ValueError(
                         f"parameter {param_name(group, gi, i)} has shape {tuple(p.shape)} "

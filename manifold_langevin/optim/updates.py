@@ -25,7 +25,7 @@ from ..integrators.base import finite_chains
 from ..integrators.circle_substeps import baoa_step_circles, euler_circles
 from ..integrators.euclidean_substeps import baoa_step_euclidean_, euler_euclidean_
 from ..integrators.substeps import baoa_step, euler, ou_coefficients
-from ..manifolds.base import is_compiling
+from ..manifolds.base import finite_entries, is_compiling
 from ..noise import NoiseTape
 from .buckets import CHUNK, Bucket, FlatView, gather, select_into
 from .params import uses_geodesic
@@ -114,48 +114,55 @@ def circle_noise(w: torch.Tensor, generator, ud: bool) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=w.dtype, device=w.device)
 
 
-def circle_update(state, grad, noise, ud, fuse, mask, kick_h, h, c1, c2, tau, radius):
-    """New values of one flat circle tensor: ``state`` is ``(w, xi, pw, pxi)`` (``"ud"``) or
-    ``(w, xi)``; returns ``(new state, number of rejected entries or None)``. With ``mask`` an
-    entry whose update is not finite keeps its point and gets zero momentum."""
+def circle_update(state, grad, noise, ud, fuse, mask, exact, kick_h, h, c1, c2, tau, radius):
+    """New values of one flat circle tensor: ``state`` is ``(w, xi, omega)`` (``"ud"``, with
+    the angular velocities ``omega``) or ``(w, xi)``; returns ``(new state, number of rejected
+    entries or None)``. With ``mask`` an entry whose update is not finite keeps its point and
+    gets zero angular velocity. ``exact``: renormalise onto the radius exactly (the points are
+    not on its circle to rounding: the radius changed)."""
     if ud:
-        new = baoa_step_circles(*state, grad, kick_h, h, c1, c2, radius, noise, fuse)
+        new = baoa_step_circles(*state, grad, kick_h, h, c1, c2, radius, noise, fuse,
+                                exact=exact)  # fmt: skip
     else:
         new = euler_circles(*state, grad, h, tau, radius, noise)
     if not mask:
         return new, None
-    ok = torch.isfinite(new[0])
-    for t in new[1:]:
-        ok = ok & torch.isfinite(t)
+    ok = finite_entries(*new)
     kept = (torch.where(ok, new[0], state[0]), torch.where(ok, new[1], state[1]))
     return (*kept, *(torch.where(ok, t, 0.0) for t in new[2:])), (~ok).sum()
 
 
-def circle_update_(state, grad, noise, ud, fuse, mask, *numbers):
+def circle_update_(state, grad, noise, ud, fuse, mask, exact, *numbers):
     """[`circle_update`][] written into ``state`` (in place); returns the rejection count.
 
     This is the function ``CoLA(compile=True)`` hands to ``torch.compile``: the whole update of a
-    tensor becomes one loop over memory (about 20 elementwise passes in eager mode). It is then
+    tensor becomes one loop over memory (14 elementwise passes in eager mode). It is then
     called with the numbers ``(kick_h, h, c1, c2, tau, radius)`` as 0-d tensors: with Python
     floats dynamo would either recompile for every new value (an lr schedule) or, for arguments
     that torch ops take as a ``Scalar`` (``clamp``'s bounds, ``add``'s ``alpha``), bake the first
     value into the kernel without a guard."""
-    if ud and fuse and not mask and not is_compiling():
-        # eager: the fused step writes into the state itself (the same numbers, four copies
-        # fewer; a compiled loop fuses the copies anyway)
-        baoa_step_circles(*state, grad, *_ud_numbers(numbers), noise, fuse, out=state)
+    if ud and not mask and not is_compiling():
+        # eager: the step writes into the state itself (fewer passes; a compiled loop fuses
+        # the copies anyway)
+        kick_h, h, c1, c2, _, radius = numbers
+        baoa_step_circles(*state, grad, kick_h, h, c1, c2, radius, noise, fuse, True, exact)
         return None
-    new, bad = circle_update(state, grad, noise, ud, fuse, mask, *numbers)
+    if mask and ud and not is_compiling():
+        # eager: the in-place step on copies of the state (fewer temporaries than the
+        # functional step), then the selection written into the state: circle_update's numbers
+        new = [t.clone() for t in state]
+        kick_h, h, c1, c2, _, radius = numbers
+        baoa_step_circles(*new, grad, kick_h, h, c1, c2, radius, noise, fuse, True, exact)
+        ok = finite_entries(*new)
+        for t, n in zip(state[:2], new[:2]):
+            torch.where(ok, n, t, out=t)
+        for t, n in zip(state[2:], new[2:]):
+            torch.where(ok, n, n.new_zeros(()), out=t)
+        return (~ok).sum()
+    new, bad = circle_update(state, grad, noise, ud, fuse, mask, exact, *numbers)
     for t, n in zip(state, new):
         t.copy_(n)
     return bad
-
-
-def _ud_numbers(numbers):
-    """``(kick_h, h, c1, c2, radius)`` of ``baoa_step_circles`` from the update's numbers
-    ``(kick_h, h, c1, c2, tau, radius)``."""
-    kick_h, h, c1, c2, _, radius = numbers
-    return kick_h, h, c1, c2, radius
 
 
 _COMPILED: dict = {}
@@ -181,10 +188,13 @@ def update_circles(b: Bucket, gen, *, mask: bool, defer: bool, compiled: Callabl
     counters = [e.state["n_rejected"] for e in b.entries]
     radius = float(group["radius"])
     noisy = c2 > 0 if ud else tau > 0
-    keys = ("xi", "momentum_buffer", "xi_momentum") if ud else ("xi",)
+    keys = ("xi", "angular_velocity") if ud else ("xi",)
     numbers = (b.kick_h, h, c1, c2, tau, radius)
     pending, oks, views_all = [], [], []
     for i, e in enumerate(b.entries):
+        # the radius the point is on (a Python number: no sync); after a change of the group's
+        # radius the first step renormalises exactly
+        exact = e.state.get("radius", radius) != radius
         views = [FlatView(t) for t in [params[i]] + [e.state[k] for k in keys]]
         views_all.append(views)
         flats = [v.flat for v in views]
@@ -192,7 +202,7 @@ def update_circles(b: Bucket, gen, *, mask: bool, defer: bool, compiled: Callabl
         bad = None
         if compiled is not None and not defer:
             z = circle_noise(g, gen, ud) if noisy else None
-            bad = compiled(flats, g, z, (ud, fuse, mask), numbers)
+            bad = compiled(flats, g, z, (ud, fuse, mask, exact), numbers)
         if bad is None:
             bads = []
             chunk = CHUNK if g.device.type == "cpu" else max(g.numel(), 1)
@@ -201,10 +211,10 @@ def update_circles(b: Bucket, gen, *, mask: bool, defer: bool, compiled: Callabl
                 gp = g[a : a + chunk]
                 z = circle_noise(gp, gen, ud) if noisy else None
                 if defer:
-                    new, nb = circle_update(piece, gp, z, ud, fuse, mask, *numbers)
+                    new, nb = circle_update(piece, gp, z, ud, fuse, mask, exact, *numbers)
                     pending.append((piece, new))
                 else:
-                    nb = circle_update_(piece, gp, z, ud, fuse, mask, *numbers)
+                    nb = circle_update_(piece, gp, z, ud, fuse, mask, exact, *numbers)
                 bads.append(nb)
             bad = torch.stack(bads).sum() if mask and bads else None
         if mask and bad is not None:
@@ -218,6 +228,8 @@ def update_circles(b: Bucket, gen, *, mask: bool, defer: bool, compiled: Callabl
         for views in views_all:
             for v in views:
                 v.flush()
+        for e in b.entries:
+            e.state["radius"] = radius
 
     ok = torch.stack(oks) if oks else None
     if not defer:
@@ -257,9 +269,8 @@ def _free_masked(b, params, grads, ud, h, c1, c2, tau, gen, fuse):
     else:
         euler_euclidean_(xs, grads, h, tau, gen)
     for i, x in enumerate(xs):
-        ok = torch.isfinite(x)
+        ok = finite_entries(x, ps[i]) if ud else finite_entries(x)
         if ud:
-            ok = ok & torch.isfinite(ps[i])
             moms[i].copy_(torch.where(ok, ps[i], 0.0))
         params[i].copy_(torch.where(ok, x, params[i]))
         counters[i].add_((~ok).sum())

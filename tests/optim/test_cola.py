@@ -13,6 +13,7 @@ import torch
 from scipy import stats
 
 import manifold_langevin as ml
+from manifold_langevin.manifolds.circles import circle_momentum
 from manifold_langevin.optim import CoLA, constrained_groups, orthogonal_init_, sgd_equivalent
 
 from .helpers import batches, mlp, ortho_residual, train
@@ -219,7 +220,9 @@ def test_ud_step_is_the_composition_of_substeps(kind):
         st = opt.state[w]
         if circle:
             got_x = torch.stack([w.detach().flatten(), st["xi"].flatten()])
-            got_p = torch.stack([st["momentum_buffer"].flatten(), st["xi_momentum"].flatten()])
+            # the state holds the angular velocity omega: the momentum is omega (-xi, w)
+            pw, pxi = circle_momentum(got_x[0], got_x[1], st["angular_velocity"].flatten())
+            got_p = torch.stack([pw, pxi])
         else:
             got_x, got_p = w.detach(), st["momentum_buffer"]
             if kind.startswith("orthogonal"):
@@ -437,11 +440,10 @@ def test_batched_equals_one_by_one(constraint):
             p.grad, q.grad = gr.clone(), gr.clone()
         opt_a.step()
         opt_b.step()
+    key = "angular_velocity" if constraint == "circle" else "momentum_buffer"
     for p, q in zip(a, b):
         assert torch.allclose(p, q, rtol=0, atol=1e-13)
-        assert torch.allclose(
-            opt_a.state[p]["momentum_buffer"], opt_b.state[q]["momentum_buffer"], rtol=0, atol=1e-13
-        )
+        assert torch.allclose(opt_a.state[p][key], opt_b.state[q][key], rtol=0, atol=1e-13)
 
 
 def test_params_without_grad_are_left_alone():
@@ -778,3 +780,21 @@ def test_half_precision_weights_hold_the_default_tolerance(dtype):
     # measured in float32: the weights themselves, not the half-precision check
     residual = float(ml.Stiefel().residual_norm(w.detach().float()))
     assert residual <= eps, residual
+
+
+@pytest.mark.parametrize("defer", [False, True])
+@pytest.mark.parametrize("scheme", ["ud", "od"])
+def test_a_new_radius_takes_the_weights_onto_its_circle(scheme, defer):
+    """A group's radius changed between steps (a radius schedule): the next step puts every
+    ``(w, xi)`` on the new circle, so ``|w| <= r`` holds for the new ``r`` from then on."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.nn.Parameter(0.1 * (2 * torch.rand(2000, generator=g, dtype=torch.float64) - 1))
+    kw = {"on_failure": "raise"} if defer else {}
+    opt = CoLA([w], lr=0.1, constraint="circle", radius=0.1, scheme=scheme, seed=0, **kw)
+    for radius in (0.1, 0.1, 0.04, 0.04, 0.3):
+        opt.param_groups[0]["radius"] = radius
+        w.grad = 0.1 * torch.randn(2000, generator=g, dtype=torch.float64)
+        opt.step()
+        xi = opt.state[w]["xi"]
+        assert torch.allclose(w * w + xi * xi, torch.full_like(xi, radius**2), rtol=1e-13)
+        assert float(w.abs().max()) <= radius

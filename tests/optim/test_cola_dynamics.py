@@ -201,10 +201,9 @@ def _circle_param(n, seed=3):
 def _circle_state(opt, w):
     st = opt.state[w]
     wn, xi = w.detach().numpy(), st["xi"].numpy()
-    if "momentum_buffer" not in st:
+    if "angular_velocity" not in st:
         return wn, xi, None
-    pw, pxi = st["momentum_buffer"].numpy(), st["xi_momentum"].numpy()
-    return wn, xi, (wn * pxi - xi * pw) / R_CIRC  # arc velocity
+    return wn, xi, st["angular_velocity"].numpy() * R_CIRC  # arc velocity
 
 
 def _circle_rest_correlation(h, n_steps):

@@ -8,6 +8,7 @@ import io
 import pytest
 import torch
 
+from manifold_langevin.manifolds.circles import circle_momentum
 from manifold_langevin.optim import CoLA, constrained_groups
 
 from .helpers import batches, mlp, params_equal, train
@@ -61,11 +62,54 @@ def test_state_dict_round_trip_keeps_counter_dtype():
     model, opt = _make({"constraint": "orthogonal", "temperature": 1e-3})
     train(model, opt, batches(2), 2)
     sd = opt.state_dict()
-    assert sd["cola"]["version"] == 1
+    assert sd["cola"]["version"] == 2
     assert "generators" in sd["cola"]
     opt.load_state_dict(sd)
     for st in opt.state.values():
         assert st["n_rejected"].dtype == torch.int64
+
+
+def test_a_version_1_state_dict_loads_with_its_circle_momenta_converted():
+    """Format 1 held a circle weight's momentum as ``momentum_buffer`` and ``xi_momentum``;
+    loaded now, it becomes the angular velocity, and the run goes on as the original does."""
+    config = {"constraint": "circle", "temperature": 1e-3}
+    data = batches(12)
+    model, opt = _make(config)
+    train(model, opt, data, 6)
+    sd = copy.deepcopy(opt.state_dict())
+    old = copy.deepcopy(sd)  # the same state written in format 1
+    old["cola"]["version"] = 1
+    circles = 0
+    for group, saved in zip(opt.param_groups, old["param_groups"]):
+        for p, pid in zip(group["params"], saved["params"]):
+            st = old["state"][pid]
+            if "angular_velocity" in st:
+                pw, pxi = circle_momentum(p.detach(), st["xi"], st.pop("angular_velocity"))
+                st["momentum_buffer"], st["xi_momentum"] = pw, pxi
+                circles += 1
+    assert circles == 3  # the three weight matrices of the MLP
+    model2, opt2 = _make(config, seed=7)
+    model2.load_state_dict(model.state_dict())
+    opt2.load_state_dict(old)
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert set(opt2.state[q]) == set(opt.state[p])
+        if "angular_velocity" in opt.state[p]:
+            # the conversion and back, to float32 rounding
+            got, want = opt2.state[q]["angular_velocity"], opt.state[p]["angular_velocity"]
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    train(model, opt, data, 6, start=6)
+    train(model2, opt2, data, 6, start=6)
+    for p, q in zip(model.parameters(), model2.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-6)
+
+
+def test_an_unknown_format_version_is_refused():
+    model, opt = _make({"constraint": "circle"})
+    train(model, opt, batches(1), 1)
+    sd = opt.state_dict()
+    sd["cola"]["version"] = 3
+    with pytest.raises(ValueError, match="format version 3 is not supported"):
+        opt.load_state_dict(sd)
 
 
 def test_same_seed_same_run_and_other_seed_other_run():

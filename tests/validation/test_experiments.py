@@ -11,6 +11,7 @@ developer machine without the package) the module is skipped.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -333,3 +334,12 @@ def test_tuning_reuses_the_runs_of_an_earlier_grid(monkeypatch):
                         reuse=saved["runs"])  # fmt: skip
     assert trained == [0.25]
     assert again["chosen"] == 0.25 and [r["value"] for r in again["runs"]] == [0.25, 0.5, 1.0]
+
+
+def test_the_stated_friction_is_the_one_chosen_on_validation():
+    # cola_friction_fixed states the friction that cola_friction chose in the committed run
+    committed = Path(exp_e2.__file__).parent / "results" / "e2_ablation" / "exp_e2.json"
+    chosen = json.loads(committed.read_text())["methods"]["cola_friction"]["chosen"]
+    fixed = next(m for m in exp_e2.METHODS if m.key == "cola_friction_fixed")
+    assert fixed.hyper == {**chosen, "friction": exp_e2.FRICTION_CHOSEN}
+    assert chosen["friction"] == exp_e2.FRICTION_CHOSEN
