@@ -168,8 +168,8 @@ def baoa_step_circles(
         noise: one standard normal per weight for the O step, shaped like ``w`` (``None`` when
             ``c2 == 0``).
         fuse: take ``A O A`` as one rotation (above).
-        inplace: write the results into ``(w, xi, omega)`` (CoLA's eager path: the same
-            numbers, fewer passes over memory).
+        inplace: write the results into ``(w, xi, omega)`` (CoLA's eager path: the same map,
+            equal to rounding, in fewer passes over memory).
         exact: renormalise onto the radius exactly (see [`circle_turn`][]): for points that are
             not on the circle of ``radius`` to rounding, as after a change of the radius.
 
