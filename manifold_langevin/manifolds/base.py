@@ -207,6 +207,16 @@ def factor_solve(factor, rhs: torch.Tensor) -> torch.Tensor:
     return rhs * factor
 
 
+def _row_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for ``a`` ``(..., m, N)`` and ``b`` ``(..., N, k)``; for ``m = k = 1`` and
+    short rows (``N <=`` ``SHORT_ROW_MAX``) the dot product per chain as a
+    [`row_sum`][manifold_langevin.manifolds.base.row_sum] of the elementwise product (a batched
+    matmul of 10^4 one-by-three times three-by-one matrices costs several times more)."""
+    if a.shape[-2] == 1 and b.shape[-1] == 1 and 1 < a.shape[-1] <= SHORT_ROW_MAX:
+        return row_sum(a.squeeze(-2) * b.squeeze(-1), keepdim=True).unsqueeze(-1)
+    return a @ b
+
+
 def _normal_combination(jac_t: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """``J^T lam`` for ``jac_t = J^T`` ``(..., N, m)`` and ``lam`` ``(..., m, 1)``: for ``m = 1``
     a broadcast product (one rounding per entry, the bits of the batched matmul, at a third of
@@ -342,7 +352,7 @@ class ConstrainedManifold(geoopt.Manifold):
 
     def jvp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``J(x) v``, shape ``(..., m)``."""
-        return (self._jacobian_at(x) @ self._flat(v).unsqueeze(-1)).squeeze(-1)
+        return _row_product(self._jacobian_at(x), self._flat(v).unsqueeze(-1)).squeeze(-1)
 
     def vjp(self, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """``J(x)^T lam``, shaped like ``x``."""
@@ -365,11 +375,11 @@ class ConstrainedManifold(geoopt.Manifold):
             jac = hit.jac
         factor = None if hit is None else hit.factor
         if factor is None:
-            factor = small_factor(jac @ jac.transpose(-1, -2))
+            factor = small_factor(_row_product(jac, jac.transpose(-1, -2)))
             if hit is not None:
                 hit.factor = factor
         uf = self._flat(u).unsqueeze(-1)
-        lam = factor_solve(factor, jac @ uf)
+        lam = factor_solve(factor, _row_product(jac, uf))
         return (uf - _normal_combination(jac.transpose(-1, -2), lam)).squeeze(-1).reshape(u.shape)
 
     def log_det_gram(self, x: torch.Tensor) -> torch.Tensor:
@@ -441,7 +451,7 @@ class ConstrainedManifold(geoopt.Manifold):
             yr = (xt + _normal_combination(jac0_t, lam).squeeze(-1)).reshape(x.shape)
             if factor is None or self.newton:
                 g, jac = self._value_and_jacobian(yr)
-                factor = small_factor(jac @ jac0_t)
+                factor = small_factor(_row_product(jac, jac0_t))
                 step = factor_solve(factor, g.unsqueeze(-1))
             else:
                 step = factor_solve(factor, self.constraint(yr).unsqueeze(-1))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from manifold_langevin.manifolds.base import SHORT_ROW_MAX, row_sum
+from manifold_langevin.manifolds.base import SHORT_ROW_MAX, _row_product, row_sum
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -23,3 +23,23 @@ def test_row_sum_is_torch_sum_bit_for_bit(dtype, n, keepdim):
         assert torch.equal(got, want)
     batched = torch.randn(3, 4, n, dtype=dtype, generator=g)
     assert torch.equal(row_sum(batched, keepdim=keepdim), batched.sum(-1, keepdim=keepdim))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "shape", [(1, 3, 1), (1, 2, 1), (1, 4, 1), (1, 5, 1), (2, 3, 1), (1, 3, 2)]
+)
+def test_row_product_is_the_batched_matmul(dtype, shape):
+    """``_row_product(a, b)`` (the ImplicitManifold's ``J v`` and Gram products) gives
+    ``a @ b``: the shapes, and the numbers to rounding (a dot product of at most four terms)."""
+    m, n, k = shape
+    g = torch.Generator().manual_seed(n)
+    a = torch.randn(1000, m, n, dtype=dtype, generator=g)
+    b = torch.randn(1000, n, k, dtype=dtype, generator=g)
+    got, want = _row_product(a, b), a @ b
+    assert got.shape == want.shape
+    eps = torch.finfo(dtype).eps
+    bound = 4 * n * eps * (a.abs() @ b.abs())
+    assert ((got - want).abs() <= bound).all()
+    # broadcast batch dimensions, as for the Jacobian at the old point
+    assert _row_product(a, b[:1]).shape == (a @ b[:1]).shape
