@@ -240,3 +240,14 @@ def test_bench_circle_trig_check_catches_a_loop_without_its_replacement():
     for name, low, high in (("cheap_poly", 0.1, 10.0), ("reduced_poly", 1e-10, 1e-7)):
         got = bct.check_replacement(name, bct.update, 1000)
         assert got["float64"][0] == 0.0 and low < got["float64"][1] < high, (name, got)
+
+
+def test_bench_short_sums_quick_run(tmp_path):
+    """``validation/bench_short_sums.py --quick``: both ways of summing short rows are timed and
+    agree to rounding (the script raises otherwise)."""
+    from validation import bench_short_sums
+
+    assert bench_short_sums.main(["--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "quick" / "bench_short_sums.json").read_text())
+    assert result["rows"] and all(r["agree"] for r in result["rows"])
+    assert all(r["sum_us"] > 0 and r["additions_us"] > 0 for r in result["rows"])
