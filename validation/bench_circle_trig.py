@@ -36,16 +36,14 @@ import argparse
 import contextlib
 import json
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 from unittest import mock
 
 import torch
 
 from manifold_langevin.integrators.circle_substeps import baoa_step_circles
-from validation.bench_optim import environment
+from validation.bench_optim import environment, median_ms
 
 __all__ = ["TRIG", "check_replacement", "main", "reduced_cos_sin", "run", "trig"]
 
@@ -175,15 +173,6 @@ def check_replacement(name: str, fn, n: int) -> dict:
     return out
 
 
-def _median_ms(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
 def accuracy() -> list[dict]:
     """Largest absolute error of :func:`reduced_cos_sin` (float32) against float64."""
     gen = torch.Generator().manual_seed(0)
@@ -218,14 +207,14 @@ def run(*, quick: bool = False, log=print) -> dict:
         with trig(name):
             for _ in range(3):
                 fn(*state, g, *numbers)
-            times[name] = _median_ms(lambda fn=fn, state=state: fn(*state, g, *numbers), reps)
+            times[name] = median_ms(lambda fn=fn, state=state: fn(*state, g, *numbers), reps)
         checks[name] = check_replacement(name, fn, n)
     p = torch.nn.Parameter(w0.clone())
     p.grad = g
     sgd = torch.optim.SGD([p], lr=0.1, momentum=0.9)
     for _ in range(3):
         sgd.step()
-    times["sgd"] = _median_ms(sgd.step, reps)
+    times["sgd"] = median_ms(sgd.step, reps)
     if log:
         for name, ms in times.items():
             log(f"{name:13s} {ms:8.3f} ms  ({ms / times['sgd']:.2f}x SGD)")

@@ -74,7 +74,7 @@ from tqdm.auto import tqdm
 from manifold_langevin.optim import CoLA, constrained_groups, orthogonal_init_
 from validation.baselines import PaperStiefel
 
-__all__ = ["CASES", "TARGETS", "Case", "main", "run", "time_methods"]
+__all__ = ["CASES", "TARGETS", "Case", "main", "median_ms", "run", "time_methods"]
 
 SCHEMA_VERSION = 1
 
@@ -111,6 +111,13 @@ def timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
         return time.perf_counter() - t0
 
     return run_cpu
+
+
+def median_ms(fn: Callable[[], object], reps: int) -> float:
+    """Median wall time of ``reps`` calls of ``fn`` on the CPU, in milliseconds (the caller
+    warms up; for the micro-benchmarks that time one function on its own)."""
+    run = timer(torch.device("cpu"))
+    return 1e3 * statistics.median(run(fn) for _ in range(reps))
 
 
 def time_methods(

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from validation.bench_optim import environment
+from validation.bench_optim import environment, median_ms
 
 SHAPES = {"full": [(10_000, 3), (100_000, 3), (10_000, 9)], "quick": [(1_000, 3)]}
 REPS = {"full": 301, "quick": 11}
@@ -39,12 +37,7 @@ def explicit_sum(t: torch.Tensor) -> torch.Tensor:
 def _median_us(fn, reps: int) -> float:
     for _ in range(5):
         fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e6 * statistics.median(times)
+    return 1e3 * median_ms(fn, reps)
 
 
 def run(quick: bool = False) -> dict:

@@ -128,8 +128,18 @@ def circle_update(state, grad, noise, ud, fuse, mask, exact, kick_h, h, c1, c2, 
     if not mask:
         return new, None
     ok = finite_entries(*new)
-    kept = (torch.where(ok, new[0], state[0]), torch.where(ok, new[1], state[1]))
-    return (*kept, *(torch.where(ok, t, 0.0) for t in new[2:])), (~ok).sum()
+    return _keep_finite(state, new, ok), (~ok).sum()
+
+
+def _keep_finite(state, new, ok, into=None):
+    """Entry by entry: ``new`` where ``ok``; elsewhere the old point ``(w, xi)`` and zero
+    angular velocity (into the tensors ``into`` when given: they may be ``state``)."""
+    out = []
+    for i, (old, n) in enumerate(zip(state, new)):
+        other = old if i < 2 else n.new_zeros(())
+        out.append(torch.where(ok, n, other) if into is None else
+                   torch.where(ok, n, other, out=into[i]))  # fmt: skip
+    return out
 
 
 def circle_update_(state, grad, noise, ud, fuse, mask, exact, *numbers):
@@ -149,15 +159,12 @@ def circle_update_(state, grad, noise, ud, fuse, mask, exact, *numbers):
         return None
     if mask and ud and not is_compiling():
         # eager: the in-place step on copies of the state (fewer temporaries than the
-        # functional step), then the selection written into the state: circle_update's numbers
+        # functional step), then circle_update's selection written into the state
         new = [t.clone() for t in state]
         kick_h, h, c1, c2, _, radius = numbers
         baoa_step_circles(*new, grad, kick_h, h, c1, c2, radius, noise, fuse, True, exact)
         ok = finite_entries(*new)
-        for t, n in zip(state[:2], new[:2]):
-            torch.where(ok, n, t, out=t)
-        for t, n in zip(state[2:], new[2:]):
-            torch.where(ok, n, n.new_zeros(()), out=t)
+        _keep_finite(state, new, ok, into=state)
         return (~ok).sum()
     new, bad = circle_update(state, grad, noise, ud, fuse, mask, exact, *numbers)
     for t, n in zip(state, new):
