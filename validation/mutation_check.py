@@ -181,6 +181,15 @@ MUTANTS: list[Mutant] = [
         "its circle)",
     ),
     Mutant(
+        "circle-mask-hold-factor",
+        "manifold_langevin/integrators/circle_substeps.py",
+        "k.addcmul_(held, k - 1.0, value=-1.0)",
+        "k.addcmul_(held, k - 1.0, value=-0.5)",
+        ("tests/integrators/test_circle_substeps.py", "tests/optim/test_failures.py"),
+        "the sync-free mode's eager circle step renormalising a rejected entry instead of "
+        "keeping it exactly (it moves by a few ulps)",
+    ),
+    Mutant(
         "cola-circle-xi-init",
         "manifold_langevin/optim/cola.py",
         'st["xi"] = torch.sqrt((r * r - w * w).clamp_min(0)).contiguous()',

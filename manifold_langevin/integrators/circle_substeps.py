@@ -27,7 +27,14 @@ import torch
 
 from ..manifolds.circles import circle_project, circle_rotate
 
-__all__ = ["baoa_step_circles", "circle_bound", "circle_kick", "circle_turn", "euler_circles"]
+__all__ = [
+    "baoa_step_circles",
+    "circle_bound",
+    "circle_kick",
+    "circle_turn",
+    "euler_circles",
+    "hold_nonfinite",
+]
 
 
 def _fma(y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, value, inplace: bool):
@@ -77,6 +84,27 @@ def circle_kick(
     return _fma(omega, grad, xi, kick / (radius * radius), inplace)
 
 
+def hold_nonfinite(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Rotation angles with their NaN/Inf entries set to 0, and the 0/1 indicator of those
+    entries (``1`` where held; ``theta``'s storage is reused for it).
+
+    The sync-free mode's selection written in float arithmetic: comparisons, boolean masks and
+    ``torch.where`` are several times slower than an ``add`` on CPU, while ``nan_to_num`` and
+    ``sub`` are not. ``theta - nan_to_num(theta)`` is exactly 0 where ``theta`` is finite and
+    NaN/Inf elsewhere. A turn by a held angle of 0 with the renormalisation factor taken as 1
+    (``held`` in [`circle_turn`][]) returns the point exactly as it was.
+    """
+    clean = torch.nan_to_num(theta, nan=0.0, posinf=0.0, neginf=0.0)
+    held = theta.sub_(clean).nan_to_num_(nan=1.0, posinf=1.0, neginf=1.0)
+    return clean, held
+
+
+def _zero_held(omega: torch.Tensor, held: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``omega`` with its held entries set to 0 (they may be NaN, Inf or finite)."""
+    omega = omega.nan_to_num_(0.0, 0.0, 0.0) if inplace else torch.nan_to_num(omega, 0.0, 0.0, 0.0)
+    return omega.addcmul_(held, omega, value=-1.0)
+
+
 def circle_turn(
     w: torch.Tensor,
     xi: torch.Tensor,
@@ -84,6 +112,7 @@ def circle_turn(
     radius,
     inplace: bool = False,
     exact: bool = False,
+    held: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Rotate every ``(w, xi)`` by its angle ``theta``, onto radius ``r``.
 
@@ -108,6 +137,10 @@ def circle_turn(
         inplace: write ``xi_t`` into ``xi`` (``w_t`` is always a new tensor: the caller writes
             it with the bound, [`circle_bound`][]).
         exact: the factor ``r / |x|`` exactly (``rsqrt``) instead of its Newton step.
+        held: the 0/1 indicator of [`hold_nonfinite`][]: where 1 (the angle is 0 there) the
+            factor is taken as exactly 1, so that the point comes back exactly as it was
+            (``k - held (k - 1)`` is ``k`` where ``held`` is 0 and exactly 1 where it is 1,
+            ``k`` being within a factor 2 of 1).
 
     Returns:
         ``(w_t, xi_t)``.
@@ -122,6 +155,8 @@ def circle_turn(
         else:
             k = torch.addcmul(w.new_full((), 1.5), w, w, value=-0.5 * inv_r2)
             k = k.addcmul_(xi, xi, value=-0.5 * inv_r2)
+        if held is not None:
+            k.addcmul_(held, k - 1.0, value=-1.0)
         cos.mul_(k)
         sin.mul_(k)
         w_t = torch.mul(cos, w).addcmul_(sin, xi, value=-1.0)
@@ -129,6 +164,8 @@ def circle_turn(
     sin = torch.sin(theta)
     q = (w * w + xi * xi) * inv_r2
     k = torch.rsqrt(q) if exact else 1.5 - 0.5 * q
+    if held is not None:
+        k = k - held * (k - 1.0)
     cos, sin = cos * k, sin * k
     return cos * w - sin * xi, sin * w + cos * xi
 
@@ -142,7 +179,20 @@ def circle_bound(w: torch.Tensor, radius, out: torch.Tensor | None = None) -> to
 
 
 def baoa_step_circles(
-    w, xi, omega, grad, kick_h, h, c1, c2, radius, noise, fuse, inplace=False, exact=False
+    w,
+    xi,
+    omega,
+    grad,
+    kick_h,
+    h,
+    c1,
+    c2,
+    radius,
+    noise,
+    fuse,
+    inplace=False,
+    exact=False,
+    hold=False,
 ):
     r"""[`baoa_step`][manifold_langevin.integrators.substeps.baoa_step] on circles:
     ``B(kick_h) A(h/2) O(h) A(h/2)`` with exact rotations, on angular velocities.
@@ -172,28 +222,48 @@ def baoa_step_circles(
             equal to rounding, in fewer passes over memory).
         exact: renormalise onto the radius exactly (see [`circle_turn`][]): for points that are
             not on the circle of ``radius`` to rounding, as after a change of the radius.
+        hold: the sync-free mode's rejection: an entry whose rotation angle is not finite
+            keeps its point exactly and gets zero angular velocity
+            ([`hold_nonfinite`][]). With the state and the noise finite, the angle is finite
+            exactly where the whole update is: a NaN/Inf gradient makes the kicked angular
+            velocity, and so the angle, NaN/Inf; a finite angle has a finite cosine and sine,
+            and a finite kicked angular velocity (the angle is a positive multiple of it plus
+            noise; with ``fuse=False`` the second angle is within the noise of the first), so
+            the new point and angular velocity are finite. Every other entry gets exactly the
+            numbers of ``hold=False``.
 
     Returns:
-        ``(w, xi, omega)``.
+        ``(w, xi, omega)``; with ``hold`` also the 0/1 indicator of the held entries.
     """
     omega = circle_kick(omega, xi, grad, kick_h, radius, inplace)
     b = None if noise is None else c2 / radius
+    held = None
     if fuse:
         # one rotation by theta = h/2 (omega + omega'), omega' = c1 omega + b z
         theta = omega * (0.5 * (1.0 + c1) * h)
         if noise is not None:
             theta = _add(theta, noise, 0.5 * h * b, True)  # theta is ours to overwrite
-        w_t, xi = circle_turn(w, xi, theta, radius, inplace, exact)
+        if hold:
+            theta, held = hold_nonfinite(theta)
+        w_t, xi = circle_turn(w, xi, theta, radius, inplace, exact, held)
         omega = _scale(omega, c1, inplace)
         if noise is not None:
             omega = _add(omega, noise, b, inplace)
+        if hold:
+            omega = _zero_held(omega, held, inplace)
     else:
-        w_t, xi = circle_turn(w, xi, omega * (0.5 * h), radius, inplace, exact)
+        theta = omega * (0.5 * h)
+        if hold:
+            theta, held = hold_nonfinite(theta)
+        w_t, xi = circle_turn(w, xi, theta, radius, inplace, exact, held)
         omega = _scale(omega, c1, inplace)
         if noise is not None:
             omega = _add(omega, noise, b, inplace)
-        w_t, xi = circle_turn(w_t, xi, omega * (0.5 * h), radius, inplace)
-    return circle_bound(w_t, radius, out=w if inplace else None), xi, omega
+        if hold:
+            omega = _zero_held(omega, held, inplace)
+        w_t, xi = circle_turn(w_t, xi, omega * (0.5 * h), radius, inplace, held=held)
+    w_t = circle_bound(w_t, radius, out=w if inplace else None)
+    return (w_t, xi, omega, held) if hold else (w_t, xi, omega)
 
 
 def euler_circles(w, xi, grad, h, temperature, radius, noise):

@@ -127,19 +127,23 @@ def circle_update(state, grad, noise, ud, fuse, mask, exact, kick_h, h, c1, c2, 
         new = euler_circles(*state, grad, h, tau, radius, noise)
     if not mask:
         return new, None
+    # (the eager in-place path holds the same entries in float arithmetic, see
+    # circle_update_; compiled, this selection fuses into the update's loop)
     ok = finite_entries(*new)
     return _keep_finite(state, new, ok), (~ok).sum()
 
 
-def _keep_finite(state, new, ok, into=None):
+def _held_count(held: torch.Tensor) -> torch.Tensor:
+    """The number of held entries of a 0/1 indicator, as an integer 0-d tensor (a float sum
+    of ones: exact up to 2^24 held entries; half precisions are summed in float32)."""
+    wide = torch.float32 if held.dtype in (torch.float16, torch.bfloat16) else None
+    return held.sum(dtype=wide).to(torch.int64)
+
+
+def _keep_finite(state, new, ok):
     """Entry by entry: ``new`` where ``ok``; elsewhere the old point ``(w, xi)`` and zero
-    angular velocity (into the tensors ``into`` when given: they may be ``state``)."""
-    out = []
-    for i, (old, n) in enumerate(zip(state, new)):
-        other = old if i < 2 else n.new_zeros(())
-        out.append(torch.where(ok, n, other) if into is None else
-                   torch.where(ok, n, other, out=into[i]))  # fmt: skip
-    return out
+    angular velocity."""
+    return [torch.where(ok, n, old if i < 2 else 0.0) for i, (old, n) in enumerate(zip(state, new))]
 
 
 def circle_update_(state, grad, noise, ud, fuse, mask, exact, *numbers):
@@ -158,14 +162,13 @@ def circle_update_(state, grad, noise, ud, fuse, mask, exact, *numbers):
         baoa_step_circles(*state, grad, kick_h, h, c1, c2, radius, noise, fuse, True, exact)
         return None
     if mask and ud and not is_compiling():
-        # eager: the in-place step on copies of the state (fewer temporaries than the
-        # functional step), then circle_update's selection written into the state
-        new = [t.clone() for t in state]
+        # eager: the in-place step holds the non-finite entries itself, in float arithmetic
+        # (on CPU comparisons and torch.where cost several times an add): the entries that
+        # circle_update's selection rejects, with the same old values, in a few cheap passes
         kick_h, h, c1, c2, _, radius = numbers
-        baoa_step_circles(*new, grad, kick_h, h, c1, c2, radius, noise, fuse, True, exact)
-        ok = finite_entries(*new)
-        _keep_finite(state, new, ok, into=state)
-        return (~ok).sum()
+        *_, held = baoa_step_circles(*state, grad, kick_h, h, c1, c2, radius, noise, fuse,
+                                     True, exact, hold=True)  # fmt: skip
+        return _held_count(held)
     new, bad = circle_update(state, grad, noise, ud, fuse, mask, exact, *numbers)
     for t, n in zip(state, new):
         t.copy_(n)

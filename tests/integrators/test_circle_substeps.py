@@ -9,7 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import manifold_langevin as ml
-from manifold_langevin.integrators.circle_substeps import baoa_step_circles, circle_turn
+from manifold_langevin.integrators.circle_substeps import (
+    baoa_step_circles,
+    circle_turn,
+    hold_nonfinite,
+)
 from manifold_langevin.integrators.substeps import ou_coefficients
 from manifold_langevin.manifolds.circles import (
     circle_angular_velocity,
@@ -163,3 +167,51 @@ def test_writing_into_the_state_gives_the_same_numbers(noisy, fuse):
     for a, b, c in zip(got, want, out):
         assert a is c  # written in place
         assert torch.allclose(a, b, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("fuse", [False, True])
+@pytest.mark.parametrize("noisy", [False, True])
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("exact", [False, True])
+def test_hold_keeps_the_nonfinite_entries_exactly(dtype, fuse, noisy, inplace, exact):
+    """``hold``: an entry whose angle is not finite (a NaN or infinite gradient, or a finite one
+    so large that the angle overflows) keeps its point exactly, with zero angular velocity;
+    every other entry gets the numbers of ``hold=False`` bit for bit, and all are finite."""
+    g = torch.Generator().manual_seed(11)
+    n, radius, h = 400, 0.3, 2.5  # h > 2: the angle is more than the kicked velocity
+    w, xi = _circles(n, radius, g, dtype)
+    # off the circle by the rounding a float32 run leaves (the held entries must not be
+    # renormalised either)
+    off = 1 + 1e-6 * torch.randn(n, dtype=dtype, generator=g)
+    w, xi = w * off, xi * off
+    omega = torch.randn(n, dtype=dtype, generator=g)
+    grad = torch.randn(n, dtype=dtype, generator=g)
+    big = torch.finfo(dtype).max
+    grad[[3, 50]] = torch.nan
+    grad[7], grad[8] = torch.inf, -torch.inf
+    # finite kick, infinite angle: omega + kick * grad * xi / r^2 near the largest float
+    grad[100] = big / 4 * radius / xi[100].abs()
+    omega[100] = 0.0
+    z = torch.randn(n, dtype=dtype, generator=g) if noisy else None
+    c1, c2 = ou_coefficients(1.0, 0.1 if noisy else 0.0, h)
+    args = (grad, 0.5 * h, h, c1, c2, radius, z, fuse, inplace, exact)
+    state = [w, xi, omega]
+    want = baoa_step_circles(*[t.clone() for t in state], *args)
+    *got, held = baoa_step_circles(*[t.clone() for t in state], *args, hold=True)
+    bad = torch.zeros(n, dtype=torch.bool)
+    bad[[3, 50, 7, 8, 100]] = True
+    assert torch.equal(held, bad.to(dtype))
+    for new, ref in zip(got, want):
+        assert torch.isfinite(new).all()
+        assert torch.equal(new[~bad], ref[~bad])
+    assert torch.equal(got[0][bad], w[bad]) and torch.equal(got[1][bad], xi[bad])
+    assert torch.equal(got[2][bad], torch.zeros(5, dtype=dtype))
+    assert not torch.isfinite(want[0][bad]).any()  # without hold these entries are lost
+
+
+def test_hold_nonfinite_indicator():
+    theta = torch.tensor([0.5, -torch.inf, torch.nan, torch.inf, -2.0, 0.0])
+    clean, held = hold_nonfinite(theta.clone())
+    assert torch.equal(clean, torch.tensor([0.5, 0.0, 0.0, 0.0, -2.0, 0.0]))
+    assert torch.equal(held, torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0, 0.0]))

@@ -112,6 +112,41 @@ def test_nan_gradient_mask_rejects_only_the_bad_part(constraint):
     assert moved
 
 
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("noisy", [True, False])
+def test_eager_circle_mask_matches_the_functional_selection(fuse, noisy):
+    """The eager in-place circle step holds its rejected entries in float arithmetic; the
+    functional update (the compiled and deferred paths) selects with ``torch.where``. They
+    reject the same entries, which keep their point exactly with zero angular velocity, and
+    agree on the others to rounding."""
+    from manifold_langevin.integrators.substeps import ou_coefficients
+    from manifold_langevin.optim.updates import circle_update, circle_update_
+
+    g = torch.Generator().manual_seed(5)
+    n, radius, h = 3000, 0.1, 0.3
+    angle = torch.rand(n, dtype=torch.float64, generator=g) * 6.3
+    state = [radius * torch.cos(angle), radius * torch.sin(angle)]
+    state.append(torch.randn(n, dtype=torch.float64, generator=g))
+    grad = torch.randn(n, dtype=torch.float64, generator=g)
+    bad = torch.zeros(n, dtype=torch.bool)
+    bad[::97] = True
+    specials = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=torch.float64)
+    grad[bad] = specials.repeat(11)[: int(bad.sum())]
+    z = torch.randn(n, dtype=torch.float64, generator=g) if noisy else None
+    c1, c2 = ou_coefficients(1.0, 1e-2 if noisy else 0.0, h)
+    numbers = (0.5 * h, h, c1, c2, 1e-2, radius)
+    want, want_count = circle_update(state, grad, z, True, fuse, True, False, *numbers)
+    got = [t.clone() for t in state]
+    count = circle_update_(got, grad, z, True, fuse, True, False, *numbers)
+    assert int(count) == int(want_count) == int(bad.sum())
+    for new, ref in zip(got, want):
+        assert torch.isfinite(new).all()
+        torch.testing.assert_close(new[~bad], ref[~bad], rtol=0, atol=1e-14)
+    assert torch.equal(got[0][bad], state[0][bad]) and torch.equal(got[1][bad], state[1][bad])
+    assert torch.equal(got[2][bad], torch.zeros_like(got[2][bad]))
+    assert torch.equal(want[0][bad], state[0][bad]) and not want[2][bad].any()
+
+
 def test_mask_mode_step_reads_nothing_on_the_host(monkeypatch):
     model, opt = _model_and_opt("orthogonal", on_nonfinite="mask")
     circ, copt = _model_and_opt("circle", on_nonfinite="mask")
