@@ -175,6 +175,7 @@ SIDE_CONTENDERS = {
     "numpy_s2": ("s2", "numpy_s2"),
     "ml_s2": ("s2", "numpy_s2"),
     "ml_s2_implicit": ("s2", "ml_s2"),
+    "ml_s2_implicit_quasi": ("s2", "ml_s2"),
     "ml_so3": ("stiefel", "ml_so3_general"),
     "ml_so3_general": ("stiefel", "ml_so3_general"),
     "ml_stiefel_10x3": ("stiefel", "ml_stiefel_10x3_general"),
@@ -209,8 +210,9 @@ def _side_maker(label: str, n: int, dtype: torch.dtype, device: str):
         return peers.make_numpy_s2(n, dtype=np_dtype)
     if label == "ml_s2":
         return peers.make_ml_s2(n, dtype, device=device, compile=compile)
-    if label == "ml_s2_implicit":
-        return peers.make_ml_s2(n, dtype, implicit=True, device=device)
+    if label.startswith("ml_s2_implicit"):
+        newton = not label.endswith("_quasi")
+        return peers.make_ml_s2(n, dtype, implicit=True, device=device, newton=newton)
     if label.startswith(("ml_so3", "ml_stiefel")):
         rows = 3 if label.startswith("ml_so3") else 10
         general = label.endswith("_general")

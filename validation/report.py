@@ -710,6 +710,7 @@ def _side_reading(side: dict) -> str:
         st10=q("ml_stiefel_10x3", 10_000),
         st10_compiled=q("ml_stiefel_10x3_compiled", 10_000),
         implicit_s2=q("ml_s2_implicit", 10_000),
+        implicit_quasi=q("ml_s2_implicit_quasi", 10_000),
         trimer=q("ml_trimer", 4_000),
         trimer_compiled=q("ml_trimer_compiled", 4_000),
         chain=q("ml_chain10", 4_000),

@@ -9,7 +9,9 @@ benchmark times ``run`` (``validation.bench_sampler``, sweep ``side_by_side``).
   geodesic for the drift, the analytic tangent force ``kappa (mu - (mu.x) x)`` and the tangent
   projection of the noise (the floor the library must beat).
 * ``ml_s2`` / ``ml_s2_implicit``: the library's ``Langevin`` on ``Sphere()`` and on the same
-  sphere as ``ImplicitManifold(|x|^2 - 1)``, the potential's gradient from autograd.
+  sphere as ``ImplicitManifold(|x|^2 - 1)``, the potential's gradient from autograd;
+  ``ml_s2_implicit_quasi``: the same with ``newton=False`` (quasi-Newton SHAKE: the constraint's
+  Jacobian formed once per solve; shorter reach, see ``validation/implicit_reach.py``).
 * ``ml_so3`` / ``ml_stiefel_10x3``: ``Stiefel()`` 3 x 3 and 10 x 3 (exact geodesic), potential
   ``-tr(F^T X)``; ``ml_so3_general`` / ``ml_stiefel_10x3_general``: the same with the geodesic
   computed by the general formula with ``torch.linalg.matrix_exp`` for both exponentials
@@ -138,13 +140,15 @@ def make_ml_s2(
     implicit: bool = False,
     device="cpu",
     compile: bool = False,
+    newton: bool = True,
 ) -> Callable[[int], torch.Tensor]:
     """The library's BAOAB on S^2 with the vMF potential (gradient by autograd), on ``Sphere()``
-    or (``implicit=True``) on ``ImplicitManifold(|x|^2 - 1)``."""
+    or (``implicit=True``) on ``ImplicitManifold(|x|^2 - 1)`` (``newton=False``: its
+    quasi-Newton SHAKE)."""
     gen = torch.Generator().manual_seed(seed)
     mu = torch.tensor([0.0, 0.0, 1.0], dtype=dtype, device=device)
     if implicit:
-        manifold = ml.ImplicitManifold(lambda x: (x * x).sum(-1) - 1.0)
+        manifold = ml.ImplicitManifold(lambda x: (x * x).sum(-1) - 1.0, newton=newton)
     else:
         manifold = ml.Sphere()
     sampler = ml.Langevin(

@@ -20,14 +20,17 @@ from ..manifolds.adapters import as_manifold
 from ..manifolds.base import ConstrainedManifold, finite_entries
 
 __all__ = [
+    "CHAIN_MINOR_MAX_EVENT",
     "MEASURES",
     "START_FACTOR",
     "Dynamics",
     "State",
     "chain_mask",
+    "chain_minor",
     "check_gram_rank",
     "check_on_manifold",
     "finite_chains",
+    "standard_layout",
     "start_limit",
 ]
 
@@ -39,6 +42,51 @@ START_FACTOR = 10.0
 multiple of its manifold's SHAKE tolerance."""
 
 Potential = Callable[[torch.Tensor], torch.Tensor]
+
+
+CHAIN_MINOR_MAX_EVENT = 32
+"""On CPU, points whose event is one dimension of at most this many entries are stored with the
+chains as their fastest-varying dimension (see [`chain_minor`][])."""
+
+
+def chain_minor(x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``x`` stored with its chains as the fastest-varying dimension: the same values and
+    shape ``(*chains, n)``, the event dimension outermost in memory (strides
+    ``(..., 1, N)`` for ``N`` chains).
+
+    Only on CPU, for one event dimension of at most `CHAIN_MINOR_MAX_EVENT` entries and more
+    than one chain; elsewhere ``x`` itself. Elementwise results keep the layout of their inputs,
+    so a whole run stays in it, and a reduction over the short last dimension, as a user's
+    potential or constraint writes it (``(x * x).sum(-1)``), then adds whole rows of chains
+    instead of a few numbers per chain: on one thread, for 10^4 chains of 3 entries in float64,
+    the sum takes 8 us instead of 120 us and the sum with its autograd gradient 61 us instead
+    of 211 us (``python -m validation.bench_short_sums``). Sums of up to 4 entries come out bit
+    for bit the same; longer ones may round differently (the order of the additions changes).
+    A state from ``init`` or ``step`` is in this layout (``view`` may refuse it: ``reshape``
+    works); ``sample`` returns its final state in the default one (`standard_layout`).
+    """
+    if (
+        ndim != 1
+        or x.device.type != "cpu"
+        or x.dim() < 2
+        or x.shape[-1] > CHAIN_MINOR_MAX_EVENT
+        or x.numel() <= x.shape[-1]
+    ):
+        return x
+    moved = x.movedim(-1, 0)
+    if moved.is_contiguous():
+        return x
+    return moved.contiguous().movedim(0, -1)
+
+
+def standard_layout(state: State) -> State:
+    """``state`` with its tensors in the default (row-major) layout, as results are returned."""
+    fix = {}
+    for name in ("x", "p", "force"):
+        t = getattr(state, name)
+        if t is not None and not t.is_contiguous():
+            fix[name] = t.contiguous()
+    return state.replace(**fix) if fix else state
 
 
 def chain_mask(flag: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -101,7 +149,8 @@ class State:
     """Integrator state for a batch of chains.
 
     Attributes:
-        x: positions ``(*chains, *event)`` on the manifold.
+        x: positions ``(*chains, *event)`` on the manifold (on CPU, short one-dimensional points
+            are stored chain-minor: see [`chain_minor`][]).
         p: tangent momenta like ``x`` (``None`` for the overdamped Euler scheme).
         force: ``-grad U(x)``, carried so that each step costs one gradient evaluation.
         info: what the last step reports per chain beyond convergence and finiteness (the
@@ -274,7 +323,7 @@ class Dynamics:
                 tolerance=limit,
             )
         check_gram_rank(self.manifold, x0)
-        return x0
+        return chain_minor(x0, nd)
 
     def _initial_force(self, x0: torch.Tensor) -> torch.Tensor:
         f0 = self.force(x0)

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import NonFiniteError, ShakeError, UntrustedRunError, UntrustedRunWarning
-from ..integrators.base import State, chain_mask
+from ..integrators.base import State, chain_mask, standard_layout
 from .adaptation import DualAveraging
 from .compiled import CompiledStep
 from .diagnostics import summarise
@@ -223,7 +223,7 @@ def sample(
             failure_rate=nf / (n_steps * n_chains),
             n_samples=n_rec,
             n_chains=n_chains,
-            state=state,
+            state=standard_layout(state),
             batch_means=batch_means,
             **extra,
         )

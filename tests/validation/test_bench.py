@@ -243,11 +243,27 @@ def test_bench_circle_trig_check_catches_a_loop_without_its_replacement():
 
 
 def test_bench_short_sums_quick_run(tmp_path):
-    """``validation/bench_short_sums.py --quick``: both ways of summing short rows are timed and
+    """``validation/bench_short_sums.py --quick``: the ways of summing short rows are timed and
     agree to rounding (the script raises otherwise)."""
     from validation import bench_short_sums
 
     assert bench_short_sums.main(["--quick", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "quick" / "bench_short_sums.json").read_text())
     assert result["rows"] and all(r["agree"] for r in result["rows"])
-    assert all(r["sum_us"] > 0 and r["additions_us"] > 0 for r in result["rows"])
+    keys = ("sum_us", "additions_us", "sum_chain_minor_us", "constraint_grad_us",
+            "constraint_grad_chain_minor_us")  # fmt: skip
+    assert all(r[k] > 0 for r in result["rows"] for k in keys)
+
+
+def test_implicit_reach_quick_run(tmp_path):
+    """``validation/implicit_reach.py --quick``: Newton's SHAKE reaches at least as far as the
+    quasi-Newton one within the same budget, and both solve the smallest steps."""
+    from validation import implicit_reach
+
+    result = implicit_reach.main(["--quick", "--out", str(tmp_path / "implicit_reach.json")])
+    assert (tmp_path / "quick" / "implicit_reach.json").exists()
+    assert len(result["rows"]) == 4  # one problem and the trimer, two dtypes
+    for row in result["rows"]:
+        assert row["newton_reach"] is not None and row["quasi_newton_reach"] is not None
+        assert row["newton_reach"] >= row["quasi_newton_reach"]
+        assert row["newton_converged"][0] == row["quasi_newton_converged"][0] == 1.0
