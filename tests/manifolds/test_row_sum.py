@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from manifold_langevin.manifolds.base import SHORT_ROW_MAX, _row_product, row_sum
+from manifold_langevin.integrators.base import chain_minor
+from manifold_langevin.manifolds.base import (
+    SHORT_ROW_MAX,
+    _normal_combination,
+    _row_product,
+    row_sum,
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -43,3 +49,19 @@ def test_row_product_is_the_batched_matmul(dtype, shape):
     assert ((got - want).abs() <= bound).all()
     # broadcast batch dimensions, as for the Jacobian at the old point
     assert _row_product(a, b[:1]).shape == (a @ b[:1]).shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n, m", [(3, 1), (9, 2), (9, 3), (6, 4), (30, 2), (12, 6)])
+def test_normal_combination_is_the_batched_matmul_bit_for_bit(dtype, n, m):
+    """``_normal_combination(J^T, lam)`` (SHAKE's correction ``J^T lam``) adds the columns'
+    products in the batched matmul's order: the same bits, also for a chain-minor Jacobian."""
+    g = torch.Generator().manual_seed(10 * n + m)
+    jac_t = torch.randn(2000, n, m, dtype=dtype, generator=g)
+    lam = torch.randn(2000, m, 1, dtype=dtype, generator=g)
+    want = jac_t @ lam
+    assert torch.equal(_normal_combination(jac_t, lam), want)
+    minor = chain_minor(jac_t.reshape(2000, n * m), 1).reshape(2000, n, m) if n * m <= 32 else jac_t
+    assert torch.equal(_normal_combination(minor, lam), want)
+    # broadcast multipliers of one chain
+    assert torch.equal(_normal_combination(jac_t, lam[:1]), jac_t @ lam[:1])
