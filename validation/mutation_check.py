@@ -183,8 +183,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "circle-mask-hold-factor",
         "manifold_langevin/integrators/circle_substeps.py",
-        "k.addcmul_(held, k - 1.0, value=-1.0)",
-        "k.addcmul_(held, k - 1.0, value=-0.5)",
+        "k.lerp_(k.new_ones(()), held)",
+        "k.lerp_(k.new_ones(()), 0.5 * held)",
         ("tests/integrators/test_circle_substeps.py", "tests/optim/test_failures.py"),
         "the sync-free mode's eager circle step renormalising a rejected entry instead of "
         "keeping it exactly (it moves by a few ulps)",

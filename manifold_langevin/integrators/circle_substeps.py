@@ -139,8 +139,8 @@ def circle_turn(
         exact: the factor ``r / |x|`` exactly (``rsqrt``) instead of its Newton step.
         held: the 0/1 indicator of [`hold_nonfinite`][]: where 1 (the angle is 0 there) the
             factor is taken as exactly 1, so that the point comes back exactly as it was
-            (``k - held (k - 1)`` is ``k`` where ``held`` is 0 and exactly 1 where it is 1,
-            ``k`` being within a factor 2 of 1).
+            (``torch.lerp(k, 1, held)`` is exactly ``k`` where ``held`` is 0 and exactly 1 where
+            it is 1: one pass).
 
     Returns:
         ``(w_t, xi_t)``.
@@ -156,7 +156,7 @@ def circle_turn(
             k = torch.addcmul(w.new_full((), 1.5), w, w, value=-0.5 * inv_r2)
             k = k.addcmul_(xi, xi, value=-0.5 * inv_r2)
         if held is not None:
-            k.addcmul_(held, k - 1.0, value=-1.0)
+            k.lerp_(k.new_ones(()), held)
         cos.mul_(k)
         sin.mul_(k)
         w_t = torch.mul(cos, w).addcmul_(sin, xi, value=-1.0)
@@ -165,7 +165,7 @@ def circle_turn(
     q = (w * w + xi * xi) * inv_r2
     k = torch.rsqrt(q) if exact else 1.5 - 0.5 * q
     if held is not None:
-        k = k - held * (k - 1.0)
+        k = torch.lerp(k, k.new_ones(()), held)
     cos, sin = cos * k, sin * k
     return cos * w - sin * xi, sin * w + cos * xi
 
