@@ -31,13 +31,24 @@ def standard_normal(like: torch.Tensor, generator=None) -> torch.Tensor:
         generator: a ``torch.Generator`` (``None``: torch's global one) or a noise source.
     """
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+        z = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+        return _in_layout_of(like, z)
     z = generator(like)
     if z.shape != like.shape:
         raise ValueError(
             f"the noise source returned shape {tuple(z.shape)}, not {tuple(like.shape)}"
         )
     return z
+
+
+def _in_layout_of(like: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``z``'s values in ``like``'s memory layout where ``like`` is not contiguous (the samplers
+    store short points chain-minor on CPU): results that combine the noise with the state then
+    keep one layout, which elementwise kernels, eager or compiled, run fastest on. The draw
+    itself is the contiguous one, so the stream does not depend on the layout."""
+    if like.is_contiguous():
+        return z
+    return torch.empty_like(like).copy_(z)
 
 
 class CoupledNoise:

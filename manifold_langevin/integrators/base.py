@@ -246,6 +246,9 @@ class Dynamics:
         f = self._potential_force(x)
         if self._fixman:
             f = f + self._fixman_force(x)
+        if not x.is_contiguous() and f.shape == x.shape and f.stride() != x.stride():
+            # in the points' (chain-minor) layout, so that the kicks combine one layout
+            f = torch.empty_like(x).copy_(f)
         return f
 
     def _fixman_force(self, x: torch.Tensor) -> torch.Tensor:

@@ -185,8 +185,9 @@ class CoLA(Optimizer):
     with 16 times the sub-steps are rejected and counted as above. No NaN is written into a
     constrained parameter (one exception: outside ``on_nonfinite="mask"`` a circle update that
     overflows the dtype, from a gradient or ``lr`` near its largest value, e.g. ``lr = 300`` or a
-    gradient of ``6e4`` in float16, is not checked, since checking costs some 70% of the eager
-    circle step; ``"mask"`` rejects such entries).
+    gradient of ``6e4`` in float16, is not checked, since checking costs about a fifth of the
+    eager circle step, the price of the sync-free mode on the E2 network; ``"mask"`` rejects
+    such entries).
 
     State (per parameter, in [`state_dict`][]): ``step``, ``pending_kick`` (the carried
     $h/2$), ``momentum_buffer`` (``"ud"``, parameters not on circles; for an orthogonal weight

@@ -13,6 +13,7 @@ from manifold_langevin.integrators.base import (
     chain_minor,
     standard_layout,
 )
+from manifold_langevin.noise import standard_normal
 
 
 def _is_chain_minor(x: torch.Tensor) -> bool:
@@ -72,7 +73,9 @@ def test_samplers_run_chain_minor_and_return_the_default_layout(manifold):
     g1 = torch.Generator().manual_seed(2)
     for _ in range(5):
         state, ok, finite = sampler.step(state, g1)
-    assert _is_chain_minor(state.x) and bool(ok.all() and finite.all())
+    # the momentum and the force too: the noise comes in the points' layout
+    assert all(_is_chain_minor(t) for t in (state.x, state.p, state.force))
+    assert bool(ok.all() and finite.all())
     # the same steps in the default layout (the layout applied by init is undone by hand)
     ref = sampler.init(x0, generator=torch.Generator().manual_seed(1))
     ref = standard_layout(ref)
@@ -84,3 +87,10 @@ def test_samplers_run_chain_minor_and_return_the_default_layout(manifold):
     result = ml.sample(sampler, x0, n_steps=20, generator=torch.Generator().manual_seed(3))
     assert result.state.x.is_contiguous()
     assert result.state.x.view(-1).shape == (900,)
+
+
+def test_noise_comes_in_the_layout_of_its_like_with_the_same_values():
+    x = chain_minor(torch.randn(100, 3, dtype=torch.float64), 1)
+    a = standard_normal(x, torch.Generator().manual_seed(0))
+    b = standard_normal(x.contiguous(), torch.Generator().manual_seed(0))
+    assert _is_chain_minor(a) and b.is_contiguous() and torch.equal(a, b)
