@@ -246,7 +246,12 @@ class Dynamics:
         f = self._potential_force(x)
         if self._fixman:
             f = f + self._fixman_force(x)
-        if not x.is_contiguous() and f.shape == x.shape and f.stride() != x.stride():
+        if (
+            not x.is_contiguous()
+            and isinstance(f, torch.Tensor)
+            and f.shape == x.shape
+            and f.stride() != x.stride()
+        ):
             # in the points' (chain-minor) layout, so that the kicks combine one layout
             f = torch.empty_like(x).copy_(f)
         return f
