@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["CoupledNoise", "NoiseSource", "NoiseTape", "standard_normal"]
+__all__ = ["CoupledNoise", "NoiseSource", "NoiseTape", "in_layout_of", "standard_normal"]
 
 #: ``like -> Tensor`` of i.i.d. standard normals shaped like ``like``
 NoiseSource = Callable[[torch.Tensor], torch.Tensor]
@@ -32,7 +32,7 @@ def standard_normal(like: torch.Tensor, generator=None) -> torch.Tensor:
     """
     if generator is None or isinstance(generator, torch.Generator):
         z = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
-        return _in_layout_of(like, z)
+        return in_layout_of(like, z)
     z = generator(like)
     if z.shape != like.shape:
         raise ValueError(
@@ -41,14 +41,15 @@ def standard_normal(like: torch.Tensor, generator=None) -> torch.Tensor:
     return z
 
 
-def _in_layout_of(like: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """``z``'s values in ``like``'s memory layout where ``like`` is not contiguous (the samplers
-    store short points chain-minor on CPU): results that combine the noise with the state then
-    keep one layout, which elementwise kernels, eager or compiled, run fastest on. The draw
-    itself is the contiguous one, so the stream does not depend on the layout."""
-    if like.is_contiguous():
-        return z
-    return torch.empty_like(like).copy_(z)
+def in_layout_of(like: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``t``'s values (``t`` shaped like ``like``) in ``like``'s memory layout where ``like`` is
+    not contiguous (the samplers store short points chain-minor on CPU), ``t`` itself elsewhere:
+    results that combine the noise or the force with the state then keep one layout, which
+    elementwise kernels, eager or compiled, run fastest on. For the noise, the draw itself is the
+    contiguous one, so the stream does not depend on the layout."""
+    if like.is_contiguous() or t.stride() == like.stride():
+        return t
+    return torch.empty_like(like).copy_(t)
 
 
 class CoupledNoise:

@@ -29,6 +29,7 @@ import manifold_langevin as ml
 from manifold_langevin.testing.problems import PROBLEMS
 from validation.bench_optim import environment
 from validation.sampler_peers import BOND, _chain_positions, chain_constraint
+from validation.shake_reach import largest_solved
 
 RESULTS = Path(__file__).parent / "results"
 STEPS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0]
@@ -59,16 +60,9 @@ def reach(g, x, v, scale: float, newton: bool) -> tuple[float | None, list[float
     """The largest grid step at which every trial converges (``None``: not even the smallest),
     and the converged fraction at every grid step."""
     m = ml.ImplicitManifold(g, newton=newton)
-    best, fractions, broken = None, [], False
-    for s in STEPS:
-        _, ok = m.shake(x, x + (s * scale) * v)
-        frac = float(ok.double().mean())
-        fractions.append(frac)
-        if frac < 1.0:
-            broken = True
-        elif not broken:
-            best = s
-    return best, fractions
+    flags = {s: m.shake(x, x + (s * scale) * v)[1] for s in STEPS}
+    fractions = [float(flags[s].double().mean()) for s in STEPS]
+    return largest_solved(STEPS, flags.__getitem__), fractions
 
 
 def main(argv=None) -> dict:

@@ -28,18 +28,24 @@ STEPS = [0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9]
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def largest_solved(steps, converged) -> float | None:
+    """The largest of the increasing grid ``steps`` below which every trial converged:
+    ``converged(s)`` gives the per-trial flags at step ``s``, and the walk stops at the first
+    step with a failure (``None``: not even the smallest step)."""
+    best = None
+    for s in steps:
+        if not bool(converged(s).all()):
+            break
+        best = s
+    return best
+
+
 def reach(n, k, dtype, trials, seed) -> float | None:
     """The largest grid step at which all trials converge (``None``: not even the smallest)."""
     m = Stiefel()
     gen = torch.Generator().manual_seed(seed)
     x, v = random_step(n, k, 1.0, 0.0, dtype, gen, trials)  # tangent, spectral norm 1
-    best = None
-    for s in STEPS:
-        _, ok = m.shake(x, x + s * v)
-        if not bool(ok.all()):
-            break
-        best = s
-    return best
+    return largest_solved(STEPS, lambda s: m.shake(x, x + s * v)[1])
 
 
 def main(argv=None) -> dict:

@@ -18,6 +18,7 @@ from .._checks import check_positive
 from ..errors import NonFiniteError, OffManifoldError, RankDeficientError
 from ..manifolds.adapters import as_manifold
 from ..manifolds.base import ConstrainedManifold, finite_entries
+from ..noise import in_layout_of
 
 __all__ = [
     "CHAIN_MINOR_MAX_EVENT",
@@ -246,14 +247,10 @@ class Dynamics:
         f = self._potential_force(x)
         if self._fixman:
             f = f + self._fixman_force(x)
-        if (
-            not x.is_contiguous()
-            and isinstance(f, torch.Tensor)
-            and f.shape == x.shape
-            and f.stride() != x.stride()
-        ):
-            # in the points' (chain-minor) layout, so that the kicks combine one layout
-            f = torch.empty_like(x).copy_(f)
+        if isinstance(f, torch.Tensor) and f.shape == x.shape:
+            # in the points' (chain-minor) layout, so that the kicks combine one layout (a force
+            # of another type or shape gets its clear error from the caller's check)
+            f = in_layout_of(x, f)
         return f
 
     def _fixman_force(self, x: torch.Tensor) -> torch.Tensor:
