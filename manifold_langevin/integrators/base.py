@@ -95,6 +95,15 @@ def chain_mask(flag: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return flag.reshape(flag.shape + (1,) * (like.dim() - flag.dim()))
 
 
+def select_points(manifold, keep: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.where(keep, a, b)`` for points; through the manifold's
+    [`select_points`][manifold_langevin.manifolds.base.ConstrainedManifold.select_points]
+    where it has one (the Jacobian at the result then comes from those at ``a`` and ``b``)."""
+    if isinstance(manifold, ConstrainedManifold):
+        return manifold.select_points(keep, a, b)
+    return torch.where(keep, a, b)
+
+
 def finite_chains(ndim: int, *tensors: torch.Tensor) -> torch.Tensor:
     """Per-chain flag: every entry of every tensor is finite (the event is the last ``ndim``
     dimensions)."""

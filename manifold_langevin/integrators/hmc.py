@@ -35,7 +35,7 @@ import torch
 from .._checks import check_int, check_positive
 from ..errors import NonFiniteError
 from ..noise import standard_normal
-from .base import Dynamics, State, chain_mask
+from .base import Dynamics, State, chain_mask, select_points
 from .substeps import drift, kick, ornstein_uhlenbeck, ou_coefficients, ou_update
 
 __all__ = ["HMCKernel"]
@@ -242,7 +242,7 @@ class HMCKernel(Dynamics):
         valid = ok & finite & back & torch.isfinite(d_h)
         accept = valid & (log_u <= -d_h / tau)
         keep = chain_mask(accept, x0)
-        x = torch.where(keep, x1, x0)
+        x = select_points(m, keep, x1, x0)
         f = torch.where(keep, f1, f0)
         p = torch.where(keep, p1, -p0 if self.friction is not None else p0)
         if self.friction is not None:

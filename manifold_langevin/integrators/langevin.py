@@ -6,7 +6,7 @@ import torch
 
 from .._checks import check_int, check_positive
 from ..errors import NonFiniteError
-from .base import Dynamics, State, chain_mask
+from .base import Dynamics, State, chain_mask, select_points
 from .schemes import parse_scheme, scheme_order
 from .substeps import damped_drift, drift, kick, ornstein_uhlenbeck, ou_coefficients
 
@@ -185,7 +185,7 @@ class LangevinIntegrator(Dynamics):
         keep = chain_mask(~(ok & finite), x)
         p_back = self.maxwell(state.x, generator) if self._can_fail else state.p
         new = State(
-            torch.where(keep, state.x, x),
+            select_points(m, keep, state.x, x),
             torch.where(keep, p_back, p),
             torch.where(keep, state.force, f),
         )

@@ -7,7 +7,7 @@ import math
 import torch
 
 from .._checks import check_int
-from .base import Dynamics, State, chain_mask
+from .base import Dynamics, State, chain_mask, select_points
 from .langevin import LangevinIntegrator
 from .schemes import SCHEMES
 from .substeps import euler
@@ -131,5 +131,6 @@ class OverdampedIntegrator(Dynamics):
         f_new = self.force(x_new)
         finite = self._finite(x_new, f_new)
         keep = chain_mask(~(ok & finite), state.x)
-        new = State(torch.where(keep, state.x, x_new), None, torch.where(keep, state.force, f_new))
+        x = select_points(self.manifold, keep, state.x, x_new)
+        new = State(x, None, torch.where(keep, state.force, f_new))
         return new, ok, finite

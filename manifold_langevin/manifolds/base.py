@@ -207,13 +207,34 @@ def factor_solve(factor, rhs: torch.Tensor) -> torch.Tensor:
     return rhs * factor
 
 
+TINY_PRODUCT_MAX_MACS = 400
+"""Batched products needing fewer multiply-adds than this per matrix are the ones torch's CPU
+``bmm`` computes with a plain loop (each entry a sum in index order); under ``torch.compile``
+`_row_product` writes them out
+elementwise so that they fuse into the step's loop instead of calling ``bmm``."""
+
+
 def _row_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` for ``a`` ``(..., m, N)`` and ``b`` ``(..., N, k)``; for ``m = k = 1`` and
-    short rows (``N <=`` ``SHORT_ROW_MAX``) the dot product per chain as a
-    [`row_sum`][manifold_langevin.manifolds.base.row_sum] of the elementwise product (a batched
-    matmul of 10^4 one-by-three times three-by-one matrices costs several times more)."""
-    if a.shape[-2] == 1 and b.shape[-1] == 1 and 1 < a.shape[-1] <= SHORT_ROW_MAX:
+    """``a @ b`` for ``a`` ``(..., m, N)`` and ``b`` ``(..., N, k)``.
+
+    * ``m = k = 1`` and short rows (``N <=`` ``SHORT_ROW_MAX``): the dot product per chain as a
+      [`row_sum`][manifold_langevin.manifolds.base.row_sum] of the elementwise product (a
+      batched matmul of 10^4 one-by-three times three-by-one matrices costs several times more);
+    * under ``torch.compile``, fewer than `TINY_PRODUCT_MAX_MACS` multiply-adds per matrix:
+      the ``N`` broadcast products added in index order, the order (and so the bits) of the
+      plain loop ``bmm`` runs at these sizes; they fuse into the compiled loop, where a ``bmm``
+      stays an external call (the rigid trimer's compiled step at 4,000 molecules, float64:
+      5.9 ms against 6.7 ms). Eagerly the ``2 N - 1`` small kernels cost several times the
+      ``bmm`` (measured), so eager runs keep it;
+    * otherwise ``a @ b``."""
+    m, n, k = a.shape[-2], a.shape[-1], b.shape[-1]
+    if m == 1 and k == 1 and 1 < n <= SHORT_ROW_MAX:
         return row_sum(a.squeeze(-2) * b.squeeze(-1), keepdim=True).unsqueeze(-1)
+    if m * n * k < TINY_PRODUCT_MAX_MACS and is_compiling():
+        out = a[..., :, 0:1] * b[..., 0:1, :]
+        for i in range(1, n):
+            out = out + a[..., :, i : i + 1] * b[..., i : i + 1, :]
+        return out
     return a @ b
 
 
@@ -234,28 +255,59 @@ def _normal_combination(jac_t: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _select_factor(pick, fa, fb):
+    """The chain-wise selection ``pick`` of two `small_factor` results of one kind (``None``
+    unless both are there): every variant is per-chain arrays, so selecting them gives the
+    factor of the selected matrices, bit for bit."""
+    if fa is None or fb is None:
+        return None
+    if isinstance(fa, torch.Tensor) and isinstance(fb, torch.Tensor):
+        return pick(fa, fb)
+    if isinstance(fa, tuple) and isinstance(fb, tuple) and fa[0] == fb[0]:
+        return (fa[0], *(pick(u, v) for u, v in zip(fa[1:], fb[1:])))
+    return None
+
+
 def small_solve(mat: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """``mat^{-1} rhs`` for batched ``m x m`` systems (``rhs`` is ``(..., m, k)``), bit for bit
     `torch.linalg.solve_ex`, by `small_factor`."""
     return factor_solve(small_factor(mat), rhs)
 
 
-class _PointCache:
-    """The Jacobian (and the factorised Gram matrix) at the last point it was formed at.
+POINT_CACHE_SIZE = 3
+"""Points whose Jacobians the point cache keeps: a RATTLE step of the samplers forms them at
+its start point and at the end of each of its (at most two) drifts, and the redraw of a failed
+chain's momentum projects at the start point again, after both drifts."""
 
-    The integrators call the projection at a point right after the RATTLE step that made it
-    (the velocity projection, then the next kick), and SHAKE from it next: one evaluation
-    serves them all. The entry is keyed on the tensor object itself (a weak reference) and its
-    version counter, so that any in-place change of the point (through the tensor, not through
-    ``.data``) or a new tensor at the same address misses. Never cached: inference tensors,
-    which keep no version counter, points inside a ``torch.compile`` graph, and a Jacobian
-    that carries an autograd graph (a differentiable user Jacobian under autograd), whose graph
-    a backward pass may free."""
+
+class _CacheEntry:
+    """One point's Jacobian and factorised Gram matrix, keyed on the tensor and its version."""
 
     __slots__ = ("factor", "jac", "ref", "version")
 
+    def __init__(self, ref, version, jac):
+        self.ref, self.version, self.jac, self.factor = ref, version, jac, None
+
+
+class _PointCache:
+    """The Jacobians (and the factorised Gram matrices) at the last `POINT_CACHE_SIZE` points
+    they were formed at.
+
+    The integrators call the projection at a point right after the RATTLE step that made it
+    (the velocity projection, then the next kick), and SHAKE from it next; a sampler step that
+    redraws the momentum of its failed chains projects at its start point once more: one
+    evaluation serves them all. An entry is keyed on the tensor object itself (a weak
+    reference) and its version counter, so that any in-place change of the point (through the
+    tensor, not through ``.data``) or a new tensor at the same address misses. Entries whose
+    point is gone are dropped at the next ``put``. Never cached: inference tensors, which keep
+    no version counter, points inside a ``torch.compile`` graph, and a Jacobian that carries an
+    autograd graph (a differentiable user Jacobian under autograd), whose graph a backward pass
+    may free."""
+
+    __slots__ = ("entries",)
+
     def __init__(self):
-        self.ref = None
+        self.entries: list[_CacheEntry] = []
 
     @staticmethod
     def _version(x: torch.Tensor):
@@ -265,23 +317,29 @@ class _PointCache:
             return None
         return x._version
 
-    def get(self, x: torch.Tensor):
-        if self.ref is not None and self.ref() is x and self._version(x) == self.version:
-            return self
+    def get(self, x: torch.Tensor) -> _CacheEntry | None:
+        if not self.entries:
+            return None
+        version = self._version(x)
+        for entry in self.entries:
+            if entry.ref() is x:
+                return entry if version is not None and entry.version == version else None
         return None
 
-    def put(self, x: torch.Tensor, jac: torch.Tensor):
-        """Keep ``jac`` for ``x``; returns the entry (``None`` if ``x`` cannot be cached)."""
+    def put(self, x: torch.Tensor, jac: torch.Tensor) -> _CacheEntry | None:
+        """Keep ``jac`` for ``x``, the newest entry; returns it (``None`` if ``x`` cannot be
+        cached, which also empties the cache)."""
         version = self._version(x)
         if version is None or jac.requires_grad:
             self.clear()
             return None
-        self.ref, self.version, self.jac, self.factor = weakref.ref(x), version, jac, None
-        return self
+        entry = _CacheEntry(weakref.ref(x), version, jac)
+        kept = [e for e in self.entries if e.ref() is not None and e.ref() is not x]
+        self.entries = [entry, *kept[: POINT_CACHE_SIZE - 1]]
+        return entry
 
     def clear(self) -> None:
-        self.ref = None
-        self.jac = self.factor = None
+        self.entries = []
 
     def __reduce__(self):  # a copy (or a pickle) starts empty: weak references do not travel
         return (_PointCache, ())
@@ -389,6 +447,27 @@ class ConstrainedManifold(geoopt.Manifold):
         uf = self._flat(u).unsqueeze(-1)
         lam = factor_solve(factor, _row_product(jac, uf))
         return (uf - _normal_combination(jac.transpose(-1, -2), lam)).squeeze(-1).reshape(u.shape)
+
+    def select_points(self, keep: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``torch.where(keep, a, b)`` for points ``a``, ``b`` (``keep`` per chain, broadcast over
+        the event), with the Jacobian at the result, and its factorised Gram matrix, selected
+        the same way from those cached at ``a`` and ``b`` when both are: an integrator that
+        keeps a failed chain where it was then does not form the Jacobian at its new state
+        again (``g`` acts row by row, so the selection is what a new evaluation would give)."""
+        out = torch.where(keep, a, b)
+        hit_a, hit_b = self._cache.get(a), self._cache.get(b)
+        if hit_a is None or hit_b is None:
+            return out
+        batch = out.shape[: out.dim() - self.ndim]
+        flag = keep.reshape(batch)
+
+        def pick(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return torch.where(flag.reshape(batch + (1,) * (u.dim() - len(batch))), u, v)
+
+        entry = self._cache.put(out, pick(hit_a.jac, hit_b.jac))
+        if entry is not None:
+            entry.factor = _select_factor(pick, hit_a.factor, hit_b.factor)
+        return out
 
     def log_det_gram(self, x: torch.Tensor) -> torch.Tensor:
         r"""$\log\det(J(x) J(x)^\top)$ per chain, differentiable in ``x``: the Fixman term of the

@@ -355,3 +355,56 @@ def test_a_jacobian_with_a_graph_is_not_cached():
         (grad,) = torch.autograd.grad(m.proju(x, u).sum(), x)
         assert m._cache.get(x) is None
         assert bool(torch.isfinite(grad).all())
+
+
+def test_a_rattle_step_forms_each_jacobian_once():
+    """A Langevin (BAOAB, RATTLE) step forms the Jacobian at every Newton iterate of its two
+    SHAKE solves and once at each solve's end point, and no more: the start point's (selected
+    from those at the previous step's two ends) serves its kick, its first solve and the redraw
+    of failed chains' momenta."""
+    p = get_problem("sphere_plane")
+    calls = []
+
+    def counted(x):
+        calls.append(1)
+        return _sphere_plane_jacobian(x)
+
+    m = ml.ImplicitManifold(p.constraint, jacobian=counted, max_iter=4)
+    s = ml.Langevin(m, p.potential, step_size=0.1)
+    gen = _gen(18)
+    state = s.init(p.initial(16, DT, "cpu", _gen(19)), generator=gen)
+    with torch.no_grad():
+        state, ok, _ = s.step(state, gen)  # the start point's Jacobian is now cached
+        calls.clear()
+        for _ in range(3):
+            state, ok, _ = s.step(state, gen)
+            assert bool(ok.all())
+    assert len(calls) == 3 * 2 * (m.max_iter + 1)
+
+
+@pytest.mark.parametrize("name", ["ellipse", "sphere_plane", "rigid_triatomic"])
+def test_selected_points_carry_the_jacobian_a_new_evaluation_gives(name):
+    """``select_points`` caches, for the chain-wise selection of two cached points, the
+    selection of their Jacobians and Gram factors: bit for bit what a fresh evaluation at the
+    selected point gives (enough chains for the elementwise 2 x 2 factor)."""
+    p = get_problem(name)
+    m, fresh = p.make_manifold(), p.make_manifold()
+    n = mbase.LU2_MIN_BATCH + 76
+    x = p.initial(n, DT, "cpu", _gen(20))
+    v = m.proju(x, 0.3 * torch.randn(x.shape, generator=_gen(21), dtype=DT))
+    keep = (torch.arange(n) % 3 == 0).unsqueeze(-1)
+    u = torch.randn(x.shape, generator=_gen(22), dtype=DT)
+    with torch.no_grad():
+        a, _, _ = m.rattle(x, v, 0.1)
+        b, _, _ = m.rattle(a, m.proju(a, v), 0.1)
+        m.proju(a, u)  # both factors formed
+        assert m._cache.get(a) is not None and m._cache.get(b) is not None
+        out = m.select_points(keep, a, b)
+        assert torch.equal(out, torch.where(keep, a, b))
+        entry = m._cache.get(out)
+        assert entry is not None and entry.factor is not None
+        assert torch.equal(entry.jac, fresh.jacobian(out))
+        assert torch.equal(m.proju(out, u), fresh.proju(out, u))
+        # an uncached operand: a plain selection, nothing cached for the result
+        other = m.select_points(keep, x.clone(), b)
+        assert m._cache.get(other) is None

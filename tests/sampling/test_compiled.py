@@ -22,6 +22,15 @@ from manifold_langevin.sampling.compiled import CompiledStep, StateDependentDraw
 DT = torch.float64
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test starts with dynamo's caches empty: the step's code object is compiled anew for
+    every sampler, and the tests together would otherwise reach dynamo's recompile limit (after
+    which it runs the step eagerly, and a graph count means nothing)."""
+    torch._dynamo.reset()
+    yield
+
+
 def _sphere():
     mu = torch.tensor([0.0, 0.3, 1.0], dtype=DT)
     sampler = ml.Langevin(
@@ -50,6 +59,17 @@ def _ellipse_rattle():
     return sampler, torch.stack([2 * torch.cos(t), torch.sin(t)], -1)
 
 
+def _circle_rattle():
+    """Two constraints (a sphere cut by a plane, RATTLE): the Gram products are ``2 x 2``, which
+    a compiled step writes out elementwise in the order of the eager ``bmm``."""
+    m = ml.ImplicitManifold(
+        lambda x: torch.stack([(x * x).sum(-1) - 1.0, x[..., 0] + x[..., 1] + x[..., 2] - 0.5], -1)
+    )
+    sampler = ml.Langevin(m, potential=lambda x: 0.5 * x[..., 2] ** 2, step_size=0.3)
+    x0 = m.random(40, 3, dtype=DT, generator=torch.Generator().manual_seed(3))
+    return sampler, x0
+
+
 def _hmc():
     _, x0 = _sphere()
     mu = torch.tensor([0.0, 0.3, 1.0], dtype=DT)
@@ -58,7 +78,13 @@ def _hmc():
     return hmc, x0
 
 
-CASES = {"sphere": _sphere, "stiefel": _stiefel, "ellipse-rattle": _ellipse_rattle, "hmc": _hmc}
+CASES = {
+    "sphere": _sphere,
+    "stiefel": _stiefel,
+    "ellipse-rattle": _ellipse_rattle,
+    "circle-rattle": _circle_rattle,
+    "hmc": _hmc,
+}
 OBS = {"first": lambda x: x[..., 0], "square": lambda x: (x * x).sum(-1)}
 
 
