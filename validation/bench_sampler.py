@@ -24,12 +24,13 @@ Side by side (sweep ``side_by_side``, contenders in ``validation.sampler_peers``
 each timed as ``run(n_steps)`` of its own loop; float64 and float32, chain counts in
 ``SIDE_CHAINS``): on S^2 a hand-written NumPy BAOAB (the floor to beat), ``Sphere()`` and the
 same sphere through ``ImplicitManifold``; SO(3) and V(10, 3) through ``Stiefel()``; the rigid
-trimer and the 10-bead chain through ``ImplicitManifold`` against OpenMM's Reference and CPU
-platforms (skipped, and said so in the JSON, when openmm is not installed; its rows are
-labelled float64, OpenMM's own precision on those platforms). ``ratios`` in the JSON divide
-each contender's chain-steps/s by the reference's at the same chain count and dtype (NumPy on
-S^2, ``Sphere()`` for the implicit sphere, the general-formula geodesic for SO(3) and
-V(10, 3), OpenMM Reference for the molecules). With ``--side-by-side-only`` the outputs are
+trimer and the 10-bead chain through ``ImplicitManifold`` (Newton's SHAKE, and its quasi-Newton
+and frozen old-point iterations) against OpenMM's Reference and CPU platforms (skipped, and said
+so in the JSON, when openmm is not installed; its rows are labelled float64, OpenMM's own
+precision on those platforms). ``ratios`` in the JSON divide each contender's chain-steps/s by
+the reference's at the same chain count and dtype (NumPy on S^2, ``Sphere()`` for the implicit
+sphere, the general-formula geodesic for SO(3) and V(10, 3), OpenMM Reference for the
+molecules). With ``--side-by-side-only`` the outputs are
 ``bench_sampler_side.json`` and ``bench_sampler_side.png``.
 
 Run ``python -m validation.bench_sampler [--quick] [--device D] [--side-by-side-only]``;
@@ -185,10 +186,16 @@ SIDE_CONTENDERS = {
     "ml_stiefel_10x3_compiled": ("stiefel", "ml_stiefel_10x3_general"),
     "ml_trimer": ("trimer", "openmm_reference_trimer"),
     "ml_trimer_compiled": ("trimer", "openmm_reference_trimer"),
+    "ml_trimer_quasi": ("trimer", "openmm_reference_trimer"),
+    "ml_trimer_frozen": ("trimer", "openmm_reference_trimer"),
+    "ml_trimer_frozen_compiled": ("trimer", "openmm_reference_trimer"),
     "openmm_reference_trimer": ("trimer", "openmm_reference_trimer"),
     "openmm_cpu_trimer": ("trimer", "openmm_reference_trimer"),
     "ml_chain10": ("chain10", "openmm_reference_chain10"),
     "ml_chain10_compiled": ("chain10", "openmm_reference_chain10"),
+    "ml_chain10_quasi": ("chain10", "openmm_reference_chain10"),
+    "ml_chain10_frozen": ("chain10", "openmm_reference_chain10"),
+    "ml_chain10_frozen_compiled": ("chain10", "openmm_reference_chain10"),
     "openmm_reference_chain10": ("chain10", "openmm_reference_chain10"),
     "openmm_cpu_chain10": ("chain10", "openmm_reference_chain10"),
 }
@@ -205,7 +212,7 @@ def _side_maker(label: str, n: int, dtype: torch.dtype, device: str):
     np_dtype = {torch.float64: "float64", torch.float32: "float32"}[dtype]
     compile = label.endswith("_compiled")
     label = label.removesuffix("_compiled")
-    beads = 3 if label.endswith("trimer") else 10
+    beads = 3 if "trimer" in label else 10
     if label == "numpy_s2":
         return peers.make_numpy_s2(n, dtype=np_dtype)
     if label == "ml_s2":
@@ -220,7 +227,10 @@ def _side_maker(label: str, n: int, dtype: torch.dtype, device: str):
             n, rows, dtype=dtype, device=device, general=general, compile=compile
         )
     if label.startswith("ml_"):
-        return peers.make_ml_molecule(n, beads, dtype, device=device, compile=compile)
+        newton = {"quasi": False, "frozen": "frozen"}.get(label.rsplit("_", 1)[-1], True)
+        return peers.make_ml_molecule(
+            n, beads, dtype, device=device, compile=compile, newton=newton
+        )
     platform = "Reference" if "reference" in label else "CPU"
     return peers.make_openmm_molecule(n, beads, platform)
 

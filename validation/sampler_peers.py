@@ -24,10 +24,13 @@ benchmark times ``run`` (``validation.bench_sampler``, sweep ``side_by_side``).
   ``k/2 (theta - theta0)^2`` (``k =`` :data:`ANGLE_K` kJ/mol/rad^2, ``theta0 =``
   :data:`ANGLE_0`) on every three consecutive atoms, at 300 K with friction 1/ps and a 2 fs
   step: ``n_beads = 3`` is the rigid trimer (2 constraints), ``n_beads = 10`` the 10-bead chain
-  (9 constraints, 8 angles). The library runs it through ``ImplicitManifold`` (x in R^{3 n}, one
-  row of ``g`` per bond) with ``Langevin`` (BAOAB); OpenMM runs ``n_chains`` molecules in one
-  ``System`` (no other forces) with ``LangevinMiddleIntegrator`` and its own constraint solver
-  (tolerance ``1e-5``) on the Reference and CPU platforms (the CPU platform with one thread).
+  (9 constraints, 8 angles). The library runs it through ``ImplicitManifold`` (x in R^{3 n},
+  one row of ``g`` per bond) with ``Langevin`` (BAOAB); ``*_quasi`` and ``*_frozen``: the same
+  with SHAKE's quasi-Newton and frozen old-point iterations (``ImplicitManifold(newton=False)``,
+  ``newton="frozen"``), the kinds of iteration molecular dynamics codes use. OpenMM runs
+  ``n_chains`` molecules in one ``System`` (no other forces) with ``LangevinMiddleIntegrator``
+  and its own constraint solver (tolerance ``1e-5``) on the Reference and CPU platforms (the CPU
+  platform with one thread).
 
 The units are OpenMM's (nm, ps, amu, kJ/mol), in which a unit mass and ``tau = k_B T`` make the
 two simulations the same model.
@@ -258,12 +261,13 @@ def make_ml_molecule(
     seed: int = 0,
     device="cpu",
     compile: bool = False,
+    newton: bool | str = True,
 ) -> Callable[[int], torch.Tensor]:
     """The molecule through ``ImplicitManifold`` and ``Langevin`` (BAOAB), one chain per
-    molecule."""
+    molecule; ``newton`` is the SHAKE iteration (``ImplicitManifold``'s argument)."""
     pos = _chain_positions(n_chains, n_beads, np.random.default_rng(seed))
     x0 = torch.tensor(pos.reshape(n_chains, 3 * n_beads), dtype=dtype, device=device)
-    manifold = ml.ImplicitManifold(chain_constraint(n_beads))
+    manifold = ml.ImplicitManifold(chain_constraint(n_beads), newton=newton)
 
     def potential(x):
         return 0.5 * ANGLE_K * ((chain_angles(x, n_beads) - ANGLE_0) ** 2).sum(-1)

@@ -371,6 +371,9 @@ class ConstrainedManifold(geoopt.Manifold):
         max_iter: iteration budget of the SHAKE solve.
         newton: ``True`` for Newton, ``False`` for simplified Newton (the iteration matrix
             ``J(x~) J(x)^T`` is formed once, at the unconstrained point, and reused).
+        frozen: the generic SHAKE iterates with the Gram matrix ``J(x) J(x)^T`` of the old
+            point, the one its projections factorise (``newton="frozen"``): no Jacobian is
+            formed inside the solve.
     """
 
     ndim = 1
@@ -382,12 +385,15 @@ class ConstrainedManifold(geoopt.Manifold):
     flags_nonfinite = False
     constant_gram = False
 
-    def __init__(self, *, tol: float | None = None, max_iter: int = 12, newton: bool = True):
+    def __init__(self, *, tol: float | None = None, max_iter: int = 12, newton: bool | str = True):
         super().__init__()
         # an infinite tolerance would accept any SHAKE result, however far off the manifold
         self.tol = None if tol is None else check_positive("tol", tol)
         self.max_iter = check_int("max_iter", max_iter)
-        self.newton = bool(newton)
+        if isinstance(newton, str) and newton != "frozen":
+            raise ValueError(f"newton must be True, False or 'frozen', got {newton!r}")
+        self.frozen = newton == "frozen"
+        self.newton = False if self.frozen else bool(newton)
         self._cache = _PointCache()
 
     # ------------------------------------------------------------------ constraint view
@@ -425,14 +431,9 @@ class ConstrainedManifold(geoopt.Manifold):
         out = (self._jacobian_at(x).transpose(-1, -2) @ lam.unsqueeze(-1)).squeeze(-1)
         return out.reshape(x.shape)
 
-    def proju(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Tangent (RATTLE) projection ``u - J^T (J J^T)^{-1} J u``.
-
-        The Gram system is solved by
-        `small_factor`; at the point the
-        Jacobian was last formed at (the point a RATTLE step returned, say), the Jacobian and the
-        factorised Gram matrix are reused (the velocity projection and the next kick share
-        them)."""
+    def _jacobian_and_gram_factor(self, x: torch.Tensor):
+        """``J(x)`` and the `small_factor` of ``J(x) J(x)^T``, from the point cache when they
+        were formed at this very ``x`` (and kept there for the next use)."""
         hit = self._cache.get(x)
         if hit is None:
             jac = self.jacobian(x)
@@ -444,6 +445,17 @@ class ConstrainedManifold(geoopt.Manifold):
             factor = small_factor(_row_product(jac, jac.transpose(-1, -2)))
             if hit is not None:
                 hit.factor = factor
+        return jac, factor
+
+    def proju(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Tangent (RATTLE) projection ``u - J^T (J J^T)^{-1} J u``.
+
+        The Gram system is solved by
+        `small_factor`; at the point the
+        Jacobian was last formed at (the point a RATTLE step returned, say), the Jacobian and the
+        factorised Gram matrix are reused (the velocity projection and the next kick share
+        them)."""
+        jac, factor = self._jacobian_and_gram_factor(x)
         uf = self._flat(u).unsqueeze(-1)
         lam = factor_solve(factor, _row_product(jac, uf))
         return (uf - _normal_combination(jac.transpose(-1, -2), lam)).squeeze(-1).reshape(u.shape)
@@ -530,10 +542,13 @@ class ConstrainedManifold(geoopt.Manifold):
         """[`shake`][]; with ``keep_jacobian`` the Jacobian at the new point is formed together
         with its residual and kept in the point cache (for the projection that follows)."""
         iters = self.max_iter if max_iter is None else max_iter
-        jac0_t = self._jacobian_at(x).transpose(-1, -2)  # (..., N, m)
+        if self.frozen:  # SHAKE's own iteration matrix: the old point's Gram matrix
+            jac0, factor = self._jacobian_and_gram_factor(x)
+        else:
+            jac0, factor = self._jacobian_at(x), None
+        jac0_t = jac0.transpose(-1, -2)  # (..., N, m)
         xt = self._flat(x_tilde)
         lam = torch.zeros(*jac0_t.shape[:-2], jac0_t.shape[-1], 1, dtype=x.dtype, device=x.device)
-        factor = None
         for _ in range(iters):
             yr = (xt + _normal_combination(jac0_t, lam).squeeze(-1)).reshape(x.shape)
             if factor is None or self.newton:

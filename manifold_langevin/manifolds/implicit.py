@@ -30,7 +30,8 @@ class ImplicitManifold(ConstrainedManifold):
     y_k = \tilde x + J(x)^T \lambda_k,
     $$
 
-    (or quasi-Newton with ``J(x) J(x)^T`` frozen, ``newton=False``) for a fixed ``max_iter`` without
+    (or with the matrix frozen: at the first iterate, ``J(\tilde x) J(x)^T``, ``newton=False``;
+    at the old point, ``J(x) J(x)^T``, ``newton="frozen"``) for a fixed ``max_iter`` without
     host synchronisation; a chain converged when ``max_i |g_i| <= tol`` at the end.
 
     Cost: each Newton iterate evaluates ``g`` once and its Jacobian by reverse passes: one for
@@ -50,13 +51,22 @@ class ImplicitManifold(ConstrainedManifold):
         tol: absolute tolerance on ``max_i |g_i(x)|`` (default by dtype: 1e-12 in float64, about
             1e-6 in float32).
         max_iter: Newton iterations per solve.
-        newton: Newton (default) or quasi-Newton iterations. Quasi-Newton forms the Jacobian
-            once per solve (at the first iterate) and then evaluates only ``g``: cheaper
-            iterations, but linear convergence. Within the default budget, on the validation
-            problems' sets (sizes of order 1) and molecules (steps in bond lengths), Newton
-            solves every random tangent step up to 0.5 to 0.7 (0.1 on the flattest ellipsoid)
-            and quasi-Newton up to 0.1 in float64, 0.3 to 0.5 in float32
-            (``python -m validation.implicit_reach``).
+        newton: the iteration.
+            ``True`` (default): Newton's, a Jacobian at every iterate.
+            ``False``: quasi-Newton, the Jacobian formed once per solve (at the first iterate),
+            then only ``g`` evaluated: cheaper iterations, but linear convergence.
+            ``"frozen"``: classic SHAKE, the iteration matrix the old point's Gram matrix,
+            which the projections factorise anyway, so that a solve forms no Jacobian at all
+            (the cheapest; the slowest convergence on curved sets, the same as quasi-Newton's
+            on spheres). Within the default budget, on the validation problems' sets (sizes
+            of order 1) and molecules (steps in bond lengths), Newton solves every random
+            tangent step up to 0.5 to 0.7 (0.1 on the flattest ellipsoid), quasi-Newton up
+            to 0.05 to 0.2 in float64 and 0.1 to 0.5 in float32, and the frozen matrix up to
+            0.01 to 0.1 in float64 and 0.05 to 0.5 in float32
+            (``python -m validation.implicit_reach``). A molecular dynamics step moves atoms
+            by about a hundredth of a bond, within all three; there the two cheaper ones
+            pay (the rigid trimer and the 10-bead chain of the side-by-side benchmark,
+            ``python -m validation.bench_sampler --side-by-side-only``).
         jacobian: optional ``Dg``: a callable mapping points ``(..., n)`` to ``(..., m, n)``
             (``(..., 1, n)`` or ``(..., n)`` for a scalar constraint), row by row like ``g``.
             It is trusted as given;
@@ -81,7 +91,7 @@ class ImplicitManifold(ConstrainedManifold):
         *,
         tol: float | None = None,
         max_iter: int = 6,
-        newton: bool = True,
+        newton: bool | str = True,
         jacobian: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         super().__init__(tol=tol, max_iter=max_iter, newton=newton)

@@ -161,6 +161,8 @@ class Stiefel(ConstrainedManifold):
         max_iter: int | None = None,
         newton: bool = True,
     ):
+        if isinstance(newton, str):  # its own solvers: Newton's or the plain contraction
+            raise ValueError(f"Stiefel takes newton=True or False, got {newton!r}")
         if max_iter is None:
             default = _DEFAULT_ITERS[torch.float64][not newton]
         super().__init__(tol=tol, max_iter=default if max_iter is None else max_iter, newton=newton)

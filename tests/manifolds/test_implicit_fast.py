@@ -408,3 +408,56 @@ def test_selected_points_carry_the_jacobian_a_new_evaluation_gives(name):
         # an uncached operand: a plain selection, nothing cached for the result
         other = m.select_points(keep, x.clone(), b)
         assert m._cache.get(other) is None
+
+
+# ------------------------------------------------------------------ frozen iteration matrix
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", ["ellipse", "sphere_plane", "rigid_triatomic"])
+def test_the_frozen_matrix_solves_to_newtons_point(name, dtype):
+    """``newton="frozen"`` iterates with the old point's Gram matrix: within its reach it lands
+    where Newton does (the same equations, both within the tolerance), and it flags a step
+    beyond its reach that Newton still solves."""
+    p = get_problem(name)
+    newton, frozen = p.make_manifold(), ml.ImplicitManifold(p.constraint, newton="frozen")
+    x = p.initial(64, dtype, "cpu", _gen(23))
+    v = newton.proju(x, torch.randn(x.shape, generator=_gen(24), dtype=dtype))
+    v = v / v.norm(dim=-1, keepdim=True)
+    y_n, ok_n = newton.shake(x, x + 0.01 * v)
+    y_f, ok_f = frozen.shake(x, x + 0.01 * v)
+    assert bool(ok_n.all()) and bool(ok_f.all())
+    # both points satisfy g to the tolerance; along the normals that pins them to within a few
+    # tolerances of each other (|J| of order 1 on these sets)
+    assert float((y_n - y_f).abs().max()) <= 20 * newton.tolerance(x)
+    _, ok_far = frozen.shake(x, x + 0.5 * v)
+    assert not bool(ok_far.all())  # beyond the frozen matrix's reach: flagged, not hidden
+    assert bool(newton.shake(x, x + 0.5 * v)[1].all())
+
+
+def test_a_frozen_rattle_step_forms_jacobians_only_at_its_ends():
+    p = get_problem("sphere_plane")
+    calls = []
+
+    def counted(x):
+        calls.append(1)
+        return _sphere_plane_jacobian(x)
+
+    m = ml.ImplicitManifold(p.constraint, jacobian=counted, newton="frozen")
+    s = ml.Langevin(m, p.potential, step_size=0.05)
+    gen = _gen(25)
+    state = s.init(p.initial(16, DT, "cpu", _gen(26)), generator=gen)
+    with torch.no_grad():
+        state, ok, _ = s.step(state, gen)
+        calls.clear()
+        for _ in range(3):
+            state, ok, _ = s.step(state, gen)
+            assert bool(ok.all())
+    assert len(calls) == 3 * 2  # one at the end of each of the two solves
+    assert float(m.residual_norm(state.x).max()) <= m.tolerance(state.x)
+
+
+def test_the_iteration_is_named():
+    with pytest.raises(ValueError, match="newton must be True, False or 'frozen'"):
+        ml.ImplicitManifold(lambda x: x[..., 0], newton="old")
+    with pytest.raises(ValueError, match="Stiefel takes newton=True or False"):
+        ml.Stiefel(newton="frozen")
+    assert ml.ImplicitManifold(lambda x: x[..., 0], newton="frozen").frozen
