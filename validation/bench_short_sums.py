@@ -12,6 +12,12 @@ rows of chains. This script times the three, and a constraint ``(t * t).sum(-1)`
 autograd gradient in both layouts, on one CPU thread, for a few shapes and dtypes, and checks
 that they agree.
 
+The layout does not help a sum over a short dimension *inside* the event: a molecule's points
+``(chains, 3 k)`` seen as ``(chains, k, 3)`` (``unflatten``) and summed over the three
+coordinates of each atom or bond. The result ``(chains, k)`` is allocated row-major whatever
+the input's layout, so torch's reduction runs a poor loop order in both; ``bond_rows`` times it
+against the explicit additions.
+
 Run ``python -m validation.bench_short_sums [--quick]``; writes ``bench_short_sums.json`` to
 ``--out`` (default ``validation/results``; ``--quick``: ``<out>/quick``, a run of a second whose
 numbers are not meaningful).
@@ -29,6 +35,8 @@ from manifold_langevin.integrators.base import chain_minor
 from validation.bench_optim import environment, median_ms
 
 SHAPES = {"full": [(10_000, 3), (100_000, 3), (10_000, 9)], "quick": [(1_000, 3)]}
+#: (chains, atoms) of the sums over each atom's three coordinates
+BOND_SHAPES = {"full": [(4_000, 3), (4_000, 10)], "quick": [(400, 3)]}
 REPS = {"full": 301, "quick": 11}
 
 
@@ -86,7 +94,48 @@ def run(quick: bool = False) -> dict:
         "threads": torch.get_num_threads(),
         "environment": environment(torch.device("cpu")),
         "rows": rows,
+        "bond_rows": bond_rows(mode),
     }
+
+
+def _bond_lengths_gradient(x: torch.Tensor, shape, total) -> torch.Tensor:
+    """The gradient by autograd of the squared lengths ``total(a * a)`` of the atoms' vectors
+    ``a = x.unflatten(-1, shape)`` (the pattern of a bond constraint's Jacobian row)."""
+    xg = x.detach().requires_grad_(True)
+    a = xg.unflatten(-1, shape)
+    out = total(a * a)
+    return torch.autograd.grad(out, xg, torch.ones_like(out))[0]
+
+
+def bond_rows(mode: str) -> list[dict]:
+    """``x.unflatten(-1, (k, 3)).sum(-1)`` for points ``(chains, 3 k)``, row-major and
+    chain-minor, against the explicit additions over the last dimension, alone and with the
+    autograd gradient of the squared lengths (``*_grad_us``; microseconds)."""
+    rows = []
+    gen = torch.Generator().manual_seed(1)
+    for dtype in (torch.float64, torch.float32):
+        for n_rows, atoms in BOND_SHAPES[mode]:
+            x = torch.randn(n_rows, 3 * atoms, generator=gen, dtype=dtype)
+            layouts = {"": x, "_chain_minor": chain_minor(x, 1)}
+            shape = (atoms, 3)
+            reference = x.unflatten(-1, shape).sum(-1)
+            tol = 9 * torch.finfo(dtype).eps * float(x.abs().max())
+            row = {"dtype": str(dtype).removeprefix("torch."), "rows": n_rows, "atoms": atoms}
+            agree = True
+            for suffix, t in layouts.items():
+                points = t.unflatten(-1, shape)
+                agree = agree and float((explicit_sum(points) - reference).abs().max()) <= tol
+                row[f"sum{suffix}_us"] = _median_us(lambda p=points: p.sum(-1), REPS[mode])
+                row[f"additions{suffix}_us"] = _median_us(
+                    lambda p=points: explicit_sum(p), REPS[mode]
+                )
+                for name, total in (("sum", lambda p: p.sum(-1)), ("additions", explicit_sum)):
+                    row[f"{name}{suffix}_grad_us"] = _median_us(
+                        lambda t=t, f=total, s=shape: _bond_lengths_gradient(t, s, f), REPS[mode]
+                    )
+            row["agree"] = agree
+            rows.append(row)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +158,16 @@ def main(argv: list[str] | None = None) -> int:
             f"gradient {r['constraint_grad_us']:7.1f} us, chain-minor "
             f"{r['constraint_grad_chain_minor_us']:7.1f} us; agree {r['agree']}"
         )
-    if not all(r["agree"] for r in result["rows"]):
+    for r in result["bond_rows"]:
+        print(
+            f"{r['dtype']:8s} {r['rows']:7d} x {r['atoms']} x 3: sum(-1) {r['sum_us']:7.1f} us, "
+            f"chain-minor {r['sum_chain_minor_us']:7.1f} us; additions "
+            f"{r['additions_us']:7.1f} us, chain-minor {r['additions_chain_minor_us']:7.1f} us; "
+            f"with the gradient: sum {r['sum_grad_us']:7.1f} / {r['sum_chain_minor_grad_us']:7.1f} "
+            f"us, additions {r['additions_grad_us']:7.1f} / "
+            f"{r['additions_chain_minor_grad_us']:7.1f} us; agree {r['agree']}"
+        )
+    if not all(r["agree"] for r in result["rows"] + result["bond_rows"]):
         raise RuntimeError("the sums differ beyond rounding")
     return 0
 

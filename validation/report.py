@@ -614,7 +614,11 @@ SIDE_TARGETS = (
     ("ml_trimer", "float64", 4_000, "OpenMM Reference, rigid trimer", 1.0),
     ("ml_trimer_compiled", "float64", 4_000, "OpenMM Reference, rigid trimer", 1.0),
     ("ml_chain10", "float64", 4_000, "OpenMM Reference, 10-bead chain", 1.0),
+    ("ml_trimer_frozen", "float64", 4_000, "OpenMM Reference, rigid trimer", 1.0),
+    ("ml_trimer_frozen_compiled", "float64", 4_000, "OpenMM Reference, rigid trimer", 1.0),
     ("ml_chain10_compiled", "float64", 4_000, "OpenMM Reference, 10-bead chain", 1.0),
+    ("ml_chain10_frozen", "float64", 4_000, "OpenMM Reference, 10-bead chain", 1.0),
+    ("ml_chain10_frozen_compiled", "float64", 4_000, "OpenMM Reference, 10-bead chain", 1.0),
 )
 
 
@@ -715,7 +719,14 @@ def _side_reading(side: dict) -> str:
         trimer_compiled=q("ml_trimer_compiled", 4_000),
         chain=q("ml_chain10", 4_000),
         chain_compiled=q("ml_chain10_compiled", 4_000),
+        trimer_quasi=q("ml_trimer_quasi", 4_000),
+        trimer_frozen=q("ml_trimer_frozen", 4_000),
+        trimer_frozen_compiled=q("ml_trimer_frozen_compiled", 4_000),
+        chain_quasi=q("ml_chain10_quasi", 4_000),
+        chain_frozen=q("ml_chain10_frozen", 4_000),
+        chain_frozen_compiled=q("ml_chain10_frozen_compiled", 4_000),
         trimer_kernels=kernels("ml_trimer", 4_000),
+        trimer_frozen_kernels=kernels("ml_trimer_frozen", 4_000),
     )
 
 

@@ -253,11 +253,16 @@ def test_bench_short_sums_quick_run(tmp_path):
     keys = ("sum_us", "additions_us", "sum_chain_minor_us", "constraint_grad_us",
             "constraint_grad_chain_minor_us")  # fmt: skip
     assert all(r[k] > 0 for r in result["rows"] for k in keys)
+    bond_keys = ("sum_us", "additions_us", "sum_chain_minor_us", "additions_chain_minor_us",
+                 "sum_grad_us", "additions_chain_minor_grad_us")  # fmt: skip
+    assert result["bond_rows"] and all(r["agree"] for r in result["bond_rows"])
+    assert all(r[k] > 0 for r in result["bond_rows"] for k in bond_keys)
 
 
 def test_implicit_reach_quick_run(tmp_path):
-    """``validation/implicit_reach.py --quick``: Newton's SHAKE reaches at least as far as the
-    quasi-Newton one within the same budget, and both solve the smallest steps."""
+    """``validation/implicit_reach.py --quick``: within the same budget Newton's SHAKE reaches
+    at least as far as the quasi-Newton one, and that one at least as far as the frozen old-point
+    matrix; all three solve the smallest steps."""
     from validation import implicit_reach
 
     result = implicit_reach.main(["--quick", "--out", str(tmp_path / "implicit_reach.json")])
@@ -265,5 +270,11 @@ def test_implicit_reach_quick_run(tmp_path):
     assert len(result["rows"]) == 4  # one problem and the trimer, two dtypes
     for row in result["rows"]:
         assert row["newton_reach"] is not None and row["quasi_newton_reach"] is not None
-        assert row["newton_reach"] >= row["quasi_newton_reach"]
-        assert row["newton_converged"][0] == row["quasi_newton_converged"][0] == 1.0
+        assert row["frozen_reach"] is not None
+        assert row["newton_reach"] >= row["quasi_newton_reach"] >= row["frozen_reach"]
+        assert (
+            row["newton_converged"][0]
+            == row["quasi_newton_converged"][0]
+            == row["frozen_converged"][0]
+            == 1.0
+        )
