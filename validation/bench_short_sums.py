@@ -48,11 +48,14 @@ def explicit_sum(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _constraint_and_gradient(t: torch.Tensor) -> torch.Tensor:
-    """``(t * t).sum(-1)`` and its gradient by autograd (what an ``ImplicitManifold`` Newton
-    iterate evaluates for the sphere)."""
+def _constraint_and_gradient(t: torch.Tensor, shape=None, total=None) -> torch.Tensor:
+    """The gradient by autograd of the squared lengths ``total(a * a)`` of ``a = t`` (or
+    ``t.unflatten(-1, shape)``, the atoms' vectors of a molecule: the pattern of a bond
+    constraint's Jacobian row); ``total`` defaults to ``sum(-1)``, which makes it the sphere's
+    constraint ``(t * t).sum(-1)`` that an ``ImplicitManifold`` Newton iterate differentiates."""
     x = t.detach().requires_grad_(True)
-    out = (x * x).sum(-1)
+    a = x if shape is None else x.unflatten(-1, shape)
+    out = (a * a).sum(-1) if total is None else total(a * a)
     return torch.autograd.grad(out, x, torch.ones_like(out))[0]
 
 
@@ -98,15 +101,6 @@ def run(quick: bool = False) -> dict:
     }
 
 
-def _bond_lengths_gradient(x: torch.Tensor, shape, total) -> torch.Tensor:
-    """The gradient by autograd of the squared lengths ``total(a * a)`` of the atoms' vectors
-    ``a = x.unflatten(-1, shape)`` (the pattern of a bond constraint's Jacobian row)."""
-    xg = x.detach().requires_grad_(True)
-    a = xg.unflatten(-1, shape)
-    out = total(a * a)
-    return torch.autograd.grad(out, xg, torch.ones_like(out))[0]
-
-
 def bond_rows(mode: str) -> list[dict]:
     """``x.unflatten(-1, (k, 3)).sum(-1)`` for points ``(chains, 3 k)``, row-major and
     chain-minor, against the explicit additions over the last dimension, alone and with the
@@ -131,7 +125,7 @@ def bond_rows(mode: str) -> list[dict]:
                 )
                 for name, total in (("sum", lambda p: p.sum(-1)), ("additions", explicit_sum)):
                     row[f"{name}{suffix}_grad_us"] = _median_us(
-                        lambda t=t, f=total, s=shape: _bond_lengths_gradient(t, s, f), REPS[mode]
+                        lambda t=t, f=total, s=shape: _constraint_and_gradient(t, s, f), REPS[mode]
                     )
             row["agree"] = agree
             rows.append(row)

@@ -413,14 +413,18 @@ class ConstrainedManifold(geoopt.Manifold):
         (autodiff) override this to evaluate ``g`` once."""
         return self.constraint(x), self.jacobian(x)
 
-    def _jacobian_at(self, x: torch.Tensor) -> torch.Tensor:
-        """``J(x)``, from the point cache when it was formed last at this very ``x``."""
+    def _cached_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, _CacheEntry | None]:
+        """``J(x)`` and its point-cache entry (``None`` if ``x`` cannot be cached): from the
+        cache when it was formed last at this very ``x``, else formed and kept there."""
         hit = self._cache.get(x)
         if hit is not None:
-            return hit.jac
+            return hit.jac, hit
         jac = self.jacobian(x)
-        self._cache.put(x, jac)
-        return jac
+        return jac, self._cache.put(x, jac)
+
+    def _jacobian_at(self, x: torch.Tensor) -> torch.Tensor:
+        """``J(x)``, from the point cache when it was formed last at this very ``x``."""
+        return self._cached_jacobian(x)[0]
 
     def jvp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``J(x) v``, shape ``(..., m)``."""
@@ -434,12 +438,7 @@ class ConstrainedManifold(geoopt.Manifold):
     def _jacobian_and_gram_factor(self, x: torch.Tensor):
         """``J(x)`` and the `small_factor` of ``J(x) J(x)^T``, from the point cache when they
         were formed at this very ``x`` (and kept there for the next use)."""
-        hit = self._cache.get(x)
-        if hit is None:
-            jac = self.jacobian(x)
-            hit = self._cache.put(x, jac)
-        else:
-            jac = hit.jac
+        jac, hit = self._cached_jacobian(x)
         factor = None if hit is None else hit.factor
         if factor is None:
             factor = small_factor(_row_product(jac, jac.transpose(-1, -2)))

@@ -357,18 +357,24 @@ def test_a_jacobian_with_a_graph_is_not_cached():
         assert bool(torch.isfinite(grad).all())
 
 
-def test_a_rattle_step_forms_each_jacobian_once():
-    """A Langevin (BAOAB, RATTLE) step forms the Jacobian at every Newton iterate of its two
-    SHAKE solves and once at each solve's end point, and no more: the start point's (selected
-    from those at the previous step's two ends) serves its kick, its first solve and the redraw
-    of failed chains' momenta."""
-    p = get_problem("sphere_plane")
+def _counted_sphere_plane_jacobian():
+    """The sphere-plane Jacobian, and the list it appends to at every evaluation."""
     calls = []
 
     def counted(x):
         calls.append(1)
         return _sphere_plane_jacobian(x)
 
+    return calls, counted
+
+
+def test_a_rattle_step_forms_each_jacobian_once():
+    """A Langevin (BAOAB, RATTLE) step forms the Jacobian at every Newton iterate of its two
+    SHAKE solves and once at each solve's end point, and no more: the start point's (selected
+    from those at the previous step's two ends) serves its kick, its first solve and the redraw
+    of failed chains' momenta."""
+    p = get_problem("sphere_plane")
+    calls, counted = _counted_sphere_plane_jacobian()
     m = ml.ImplicitManifold(p.constraint, jacobian=counted, max_iter=4)
     s = ml.Langevin(m, p.potential, step_size=0.1)
     gen = _gen(18)
@@ -435,12 +441,7 @@ def test_the_frozen_matrix_solves_to_newtons_point(name, dtype):
 
 def test_a_frozen_rattle_step_forms_jacobians_only_at_its_ends():
     p = get_problem("sphere_plane")
-    calls = []
-
-    def counted(x):
-        calls.append(1)
-        return _sphere_plane_jacobian(x)
-
+    calls, counted = _counted_sphere_plane_jacobian()
     m = ml.ImplicitManifold(p.constraint, jacobian=counted, newton="frozen")
     s = ml.Langevin(m, p.potential, step_size=0.05)
     gen = _gen(25)
