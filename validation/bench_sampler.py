@@ -24,12 +24,13 @@ Side by side (sweep ``side_by_side``, contenders in ``validation.sampler_peers``
 each timed as ``run(n_steps)`` of its own loop; float64 and float32, chain counts in
 ``SIDE_CHAINS``): on S^2 a hand-written NumPy BAOAB (the floor to beat), ``Sphere()`` and the
 same sphere through ``ImplicitManifold``; SO(3) and V(10, 3) through ``Stiefel()``; the rigid
-trimer and the 10-bead chain through ``ImplicitManifold`` (Newton's SHAKE, and its quasi-Newton
-and frozen old-point iterations) against OpenMM's Reference and CPU platforms (skipped, and said
-so in the JSON, when openmm is not installed; its rows are labelled float64, OpenMM's own
-precision on those platforms). ``ratios`` in the JSON divide each contender's chain-steps/s by
-the reference's at the same chain count and dtype (NumPy on S^2, ``Sphere()`` for the implicit
-sphere, the general-formula geodesic for SO(3) and V(10, 3), OpenMM Reference for the
+trimer and the 10-bead chain through ``ImplicitManifold`` (Newton's SHAKE, its quasi-Newton
+and frozen old-point iterations, and three Newton iterates with a kept matrix after them)
+against OpenMM's Reference and CPU platforms (skipped, and said so in the JSON, when openmm is
+not installed; its rows are labelled float64, OpenMM's own precision on those platforms).
+``ratios`` in the JSON divide each contender's chain-steps/s by the reference's at the same
+chain count and dtype (NumPy on S^2, ``Sphere()`` for the implicit sphere, compiled or not as
+the contender is, the general-formula geodesic for SO(3) and V(10, 3), OpenMM Reference for the
 molecules). With ``--side-by-side-only`` the outputs are
 ``bench_sampler_side.json`` and ``bench_sampler_side.png``.
 
@@ -177,6 +178,7 @@ SIDE_CONTENDERS = {
     "ml_s2": ("s2", "numpy_s2"),
     "ml_s2_implicit": ("s2", "ml_s2"),
     "ml_s2_implicit_quasi": ("s2", "ml_s2"),
+    "ml_s2_implicit_newton3": ("s2", "ml_s2"),
     "ml_so3": ("stiefel", "ml_so3_general"),
     "ml_so3_general": ("stiefel", "ml_so3_general"),
     "ml_stiefel_10x3": ("stiefel", "ml_stiefel_10x3_general"),
@@ -184,11 +186,13 @@ SIDE_CONTENDERS = {
     "ml_s2_compiled": ("s2", "numpy_s2"),
     "ml_so3_compiled": ("stiefel", "ml_so3_general"),
     "ml_stiefel_10x3_compiled": ("stiefel", "ml_stiefel_10x3_general"),
+    "ml_s2_implicit_compiled": ("s2", "ml_s2_compiled"),
     "ml_trimer": ("trimer", "openmm_reference_trimer"),
     "ml_trimer_compiled": ("trimer", "openmm_reference_trimer"),
     "ml_trimer_quasi": ("trimer", "openmm_reference_trimer"),
     "ml_trimer_frozen": ("trimer", "openmm_reference_trimer"),
     "ml_trimer_frozen_compiled": ("trimer", "openmm_reference_trimer"),
+    "ml_trimer_newton3": ("trimer", "openmm_reference_trimer"),
     "openmm_reference_trimer": ("trimer", "openmm_reference_trimer"),
     "openmm_cpu_trimer": ("trimer", "openmm_reference_trimer"),
     "ml_chain10": ("chain10", "openmm_reference_chain10"),
@@ -196,6 +200,7 @@ SIDE_CONTENDERS = {
     "ml_chain10_quasi": ("chain10", "openmm_reference_chain10"),
     "ml_chain10_frozen": ("chain10", "openmm_reference_chain10"),
     "ml_chain10_frozen_compiled": ("chain10", "openmm_reference_chain10"),
+    "ml_chain10_newton3": ("chain10", "openmm_reference_chain10"),
     "openmm_reference_chain10": ("chain10", "openmm_reference_chain10"),
     "openmm_cpu_chain10": ("chain10", "openmm_reference_chain10"),
 }
@@ -217,9 +222,11 @@ def _side_maker(label: str, n: int, dtype: torch.dtype, device: str):
         return peers.make_numpy_s2(n, dtype=np_dtype)
     if label == "ml_s2":
         return peers.make_ml_s2(n, dtype, device=device, compile=compile)
+    newton = {"quasi": False, "frozen": "frozen", "newton3": 3}.get(label.rsplit("_", 1)[-1], True)
     if label.startswith("ml_s2_implicit"):
-        newton = not label.endswith("_quasi")
-        return peers.make_ml_s2(n, dtype, implicit=True, device=device, newton=newton)
+        return peers.make_ml_s2(
+            n, dtype, implicit=True, device=device, compile=compile, newton=newton
+        )
     if label.startswith(("ml_so3", "ml_stiefel")):
         rows = 3 if label.startswith("ml_so3") else 10
         general = label.endswith("_general")
@@ -227,7 +234,6 @@ def _side_maker(label: str, n: int, dtype: torch.dtype, device: str):
             n, rows, dtype=dtype, device=device, general=general, compile=compile
         )
     if label.startswith("ml_"):
-        newton = {"quasi": False, "frozen": "frozen"}.get(label.rsplit("_", 1)[-1], True)
         return peers.make_ml_molecule(
             n, beads, dtype, device=device, compile=compile, newton=newton
         )

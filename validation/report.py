@@ -608,6 +608,8 @@ def gpu_section(img: Path, cpu_optim: dict, cpu_sampler: dict) -> str:
 SIDE_TARGETS = (
     ("ml_s2", "float64", 10_000, "the NumPy BAOAB loop on S^2", 3.0),
     ("ml_s2_implicit", "float64", 10_000, "`Sphere()` (ratio within 2x)", 0.5),
+    ("ml_s2_implicit_newton3", "float64", 10_000, "`Sphere()` (ratio within 2x)", 0.5),
+    ("ml_s2_implicit_compiled", "float64", 10_000, "compiled `Sphere()` (within 2x)", 0.5),
     ("ml_s2_compiled", "float64", 10_000, "the NumPy BAOAB loop on S^2", 3.0),
     ("ml_so3", "float64", 10_000, "the general-formula geodesic on SO(3)", 5.0),
     ("ml_stiefel_10x3", "float64", 10_000, "the general-formula geodesic on V(10, 3)", 5.0),
@@ -619,6 +621,8 @@ SIDE_TARGETS = (
     ("ml_chain10_compiled", "float64", 4_000, "OpenMM Reference, 10-bead chain", 1.0),
     ("ml_chain10_frozen", "float64", 4_000, "OpenMM Reference, 10-bead chain", 1.0),
     ("ml_chain10_frozen_compiled", "float64", 4_000, "OpenMM Reference, 10-bead chain", 1.0),
+    ("ml_trimer_newton3", "float64", 4_000, "OpenMM Reference, rigid trimer", 1.0),
+    ("ml_chain10_newton3", "float64", 4_000, "OpenMM Reference, 10-bead chain", 1.0),
 )
 
 
@@ -715,6 +719,10 @@ def _side_reading(side: dict) -> str:
         st10_compiled=q("ml_stiefel_10x3_compiled", 10_000),
         implicit_s2=q("ml_s2_implicit", 10_000),
         implicit_quasi=q("ml_s2_implicit_quasi", 10_000),
+        implicit_newton3=q("ml_s2_implicit_newton3", 10_000),
+        implicit_compiled=q("ml_s2_implicit_compiled", 10_000),
+        trimer_newton3=q("ml_trimer_newton3", 4_000),
+        chain_newton3=q("ml_chain10_newton3", 4_000),
         trimer=q("ml_trimer", 4_000),
         trimer_compiled=q("ml_trimer_compiled", 4_000),
         chain=q("ml_chain10", 4_000),

@@ -11,7 +11,9 @@ benchmark times ``run`` (``validation.bench_sampler``, sweep ``side_by_side``).
 * ``ml_s2`` / ``ml_s2_implicit``: the library's ``Langevin`` on ``Sphere()`` and on the same
   sphere as ``ImplicitManifold(|x|^2 - 1)``, the potential's gradient from autograd;
   ``ml_s2_implicit_quasi``: the same with ``newton=False`` (quasi-Newton SHAKE: the constraint's
-  Jacobian formed once per solve; shorter reach, see ``validation/implicit_reach.py``).
+  Jacobian formed once per solve; shorter reach, see ``validation/implicit_reach.py``);
+  ``ml_s2_implicit_newton3``: ``newton=3`` (Newton's matrix at the first three iterates, then
+  kept).
 * ``ml_so3`` / ``ml_stiefel_10x3``: ``Stiefel()`` 3 x 3 and 10 x 3 (exact geodesic), potential
   ``-tr(F^T X)``; ``ml_so3_general`` / ``ml_stiefel_10x3_general``: the same with the geodesic
   computed by the general formula with ``torch.linalg.matrix_exp`` for both exponentials
@@ -27,7 +29,8 @@ benchmark times ``run`` (``validation.bench_sampler``, sweep ``side_by_side``).
   (9 constraints, 8 angles). The library runs it through ``ImplicitManifold`` (x in R^{3 n},
   one row of ``g`` per bond) with ``Langevin`` (BAOAB); ``*_quasi`` and ``*_frozen``: the same
   with SHAKE's quasi-Newton and frozen old-point iterations (``ImplicitManifold(newton=False)``,
-  ``newton="frozen"``), the kinds of iteration molecular dynamics codes use. OpenMM runs
+  ``newton="frozen"``), the kinds of iteration molecular dynamics codes use; ``*_newton3``:
+  three Newton iterates, then the third one's matrix kept (``newton=3``). OpenMM runs
   ``n_chains`` molecules in one ``System`` (no other forces) with ``LangevinMiddleIntegrator``
   and its own constraint solver (tolerance ``1e-5``) on the Reference and CPU platforms (the CPU
   platform with one thread).
@@ -143,11 +146,11 @@ def make_ml_s2(
     implicit: bool = False,
     device="cpu",
     compile: bool = False,
-    newton: bool = True,
+    newton: bool | int | str = True,
 ) -> Callable[[int], torch.Tensor]:
     """The library's BAOAB on S^2 with the vMF potential (gradient by autograd), on ``Sphere()``
-    or (``implicit=True``) on ``ImplicitManifold(|x|^2 - 1)`` (``newton=False``: its
-    quasi-Newton SHAKE)."""
+    or (``implicit=True``) on ``ImplicitManifold(|x|^2 - 1)``, ``newton`` its SHAKE iteration
+    (``ImplicitManifold``'s argument)."""
     gen = torch.Generator().manual_seed(seed)
     mu = torch.tensor([0.0, 0.0, 1.0], dtype=dtype, device=device)
     if implicit:
@@ -261,7 +264,7 @@ def make_ml_molecule(
     seed: int = 0,
     device="cpu",
     compile: bool = False,
-    newton: bool | str = True,
+    newton: bool | int | str = True,
 ) -> Callable[[int], torch.Tensor]:
     """The molecule through ``ImplicitManifold`` and ``Langevin`` (BAOAB), one chain per
     molecule; ``newton`` is the SHAKE iteration (``ImplicitManifold``'s argument)."""

@@ -280,6 +280,24 @@ its start point and at the end of each of its (at most two) drifts, and the redr
 chain's momentum projects at the start point again, after both drifts."""
 
 
+def _matrix_updates(newton) -> int | None:
+    """The number of SHAKE iterates that form their own iteration matrix for a ``newton``
+    argument: ``None`` (every one) for ``True``, 1 for ``False``, ``k`` for an integer ``k >=
+    1``, 0 for ``"frozen"``."""
+    if isinstance(newton, bool):
+        return None if newton else 1
+    if isinstance(newton, str) and newton == "frozen":
+        return 0
+    wanted = "True, False, an integer >= 1 or 'frozen'"
+    if isinstance(newton, str):
+        raise ValueError(f"newton must be {wanted}, got {newton!r}")
+    try:
+        return check_int("newton", newton)
+    except (TypeError, ValueError):
+        kind = ValueError if isinstance(newton, (int, float)) else TypeError
+        raise kind(f"newton must be {wanted}, got {newton!r}") from None
+
+
 class _CacheEntry:
     """One point's Jacobian and factorised Gram matrix, keyed on the tensor and its version."""
 
@@ -370,10 +388,15 @@ class ConstrainedManifold(geoopt.Manifold):
             residual test sees every NaN/Inf), so that a caller need not check finiteness again.
         max_iter: iteration budget of the SHAKE solve.
         newton: ``True`` for Newton, ``False`` for simplified Newton (the iteration matrix
-            ``J(x~) J(x)^T`` is formed once, at the unconstrained point, and reused).
+            ``J(x~) J(x)^T`` is formed once, at the unconstrained point, and reused); also
+            ``True`` for a Newton start of two or more iterates (``newton=k``).
         frozen: the generic SHAKE iterates with the Gram matrix ``J(x) J(x)^T`` of the old
             point, the one its projections factorise (``newton="frozen"``): no Jacobian is
             formed inside the solve.
+        matrix_updates: how many of the generic SHAKE's iterates form their own iteration
+            matrix ``J(y_k) J(x)^T`` before the last one is kept: ``None`` every iterate
+            (``newton=True``), ``k`` the first ``k`` (``newton=k``; ``newton=False`` is 1),
+            0 none (``newton="frozen"``).
     """
 
     ndim = 1
@@ -390,10 +413,9 @@ class ConstrainedManifold(geoopt.Manifold):
         # an infinite tolerance would accept any SHAKE result, however far off the manifold
         self.tol = None if tol is None else check_positive("tol", tol)
         self.max_iter = check_int("max_iter", max_iter)
-        if isinstance(newton, str) and newton != "frozen":
-            raise ValueError(f"newton must be True, False or 'frozen', got {newton!r}")
-        self.frozen = newton == "frozen"
-        self.newton = False if self.frozen else bool(newton)
+        self.matrix_updates = _matrix_updates(newton)
+        self.frozen = self.matrix_updates == 0
+        self.newton = self.matrix_updates is None or self.matrix_updates > 1
         self._cache = _PointCache()
 
     # ------------------------------------------------------------------ constraint view
@@ -548,9 +570,10 @@ class ConstrainedManifold(geoopt.Manifold):
         jac0_t = jac0.transpose(-1, -2)  # (..., N, m)
         xt = self._flat(x_tilde)
         lam = torch.zeros(*jac0_t.shape[:-2], jac0_t.shape[-1], 1, dtype=x.dtype, device=x.device)
-        for _ in range(iters):
+        updates = self.matrix_updates
+        for i in range(iters):
             yr = (xt + _normal_combination(jac0_t, lam).squeeze(-1)).reshape(x.shape)
-            if factor is None or self.newton:
+            if updates is None or i < updates:  # a new iteration matrix at this iterate
                 g, jac = self._value_and_jacobian(yr)
                 factor = small_factor(_row_product(jac, jac0_t))
                 step = factor_solve(factor, g.unsqueeze(-1))

@@ -161,7 +161,7 @@ class Stiefel(ConstrainedManifold):
         max_iter: int | None = None,
         newton: bool = True,
     ):
-        if isinstance(newton, str):  # its own solvers: Newton's or the plain contraction
+        if not isinstance(newton, bool):  # its own solvers: Newton's or the plain contraction
             raise ValueError(f"Stiefel takes newton=True or False, got {newton!r}")
         if max_iter is None:
             default = _DEFAULT_ITERS[torch.float64][not newton]

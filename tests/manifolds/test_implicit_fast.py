@@ -456,9 +456,74 @@ def test_a_frozen_rattle_step_forms_jacobians_only_at_its_ends():
     assert float(m.residual_norm(state.x).max()) <= m.tolerance(state.x)
 
 
+# ------------------------------------------------------------------ a Newton start, then kept
+def _solve_pair(name, dtype, step, **kw):
+    p = get_problem(name)
+    m = p.make_manifold()
+    x = p.initial(64, dtype, "cpu", _gen(27))
+    v = m.proju(x, torch.randn(x.shape, generator=_gen(28), dtype=dtype))
+    return p, m, x, x + step * v / v.norm(dim=-1, keepdim=True)
+
+
+@pytest.mark.parametrize("name", ["ellipse", "sphere_plane", "rigid_triatomic"])
+def test_newton_start_spans_quasi_newton_and_newton(name):
+    """``newton=k`` forms the iteration matrix at the first ``k`` iterates: ``k = 1`` is the
+    quasi-Newton iteration and ``k >= max_iter`` Newton's, bit for bit."""
+    p, newton, x, x_tilde = _solve_pair(name, DT, 0.2)
+    quasi = ml.ImplicitManifold(p.constraint, newton=False)
+    for k, same_as in ((1, quasi), (newton.max_iter, newton), (newton.max_iter + 3, newton)):
+        y, ok = ml.ImplicitManifold(p.constraint, newton=k).shake(x, x_tilde)
+        y_ref, ok_ref = same_as.shake(x, x_tilde)
+        assert torch.equal(y, y_ref) and torch.equal(ok, ok_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", ["ellipse", "sphere_plane", "rigid_triatomic"])
+def test_three_newton_iterates_reach_where_quasi_newton_fails(name, dtype):
+    """Three Newton iterates put the multipliers within rounding of the solution wherever
+    Newton converges fast, so the kept matrix finishes the solve: at a step of 0.4 (the sets
+    have sizes of order 1) ``newton=3`` solves every trial, lands where Newton does, and the
+    quasi-Newton iteration with the same budget does not solve them all."""
+    p, newton, x, x_tilde = _solve_pair(name, dtype, 0.4)
+    y_n, ok_n = newton.shake(x, x_tilde)
+    y_3, ok_3 = ml.ImplicitManifold(p.constraint, newton=3).shake(x, x_tilde)
+    assert bool(ok_n.all()) and bool(ok_3.all())
+    assert float((y_n - y_3).abs().max()) <= 20 * newton.tolerance(x)
+    _, ok_q = ml.ImplicitManifold(p.constraint, newton=False).shake(x, x_tilde)
+    if dtype == torch.float64:  # float32's looser tolerance lets quasi-Newton reach 0.3 to 0.5
+        assert not bool(ok_q.all())
+
+
+def test_a_newton_start_forms_a_jacobian_per_newton_iterate():
+    """A Langevin step with ``newton=2`` forms the Jacobian at two iterates and at the end of
+    each of its two solves."""
+    p = get_problem("sphere_plane")
+    calls, counted = _counted_sphere_plane_jacobian()
+    m = ml.ImplicitManifold(p.constraint, jacobian=counted, newton=2)
+    s = ml.Langevin(m, p.potential, step_size=0.1)
+    gen = _gen(29)
+    state = s.init(p.initial(16, DT, "cpu", _gen(30)), generator=gen)
+    with torch.no_grad():
+        state, ok, _ = s.step(state, gen)
+        calls.clear()
+        for _ in range(3):
+            state, ok, _ = s.step(state, gen)
+            assert bool(ok.all())
+    assert len(calls) == 3 * 2 * (2 + 1)
+    assert m.newton and not m.frozen and m.matrix_updates == 2
+
+
 def test_the_iteration_is_named():
-    with pytest.raises(ValueError, match="newton must be True, False or 'frozen'"):
-        ml.ImplicitManifold(lambda x: x[..., 0], newton="old")
-    with pytest.raises(ValueError, match="Stiefel takes newton=True or False"):
-        ml.Stiefel(newton="frozen")
+    wanted = r"newton must be True, False, an integer >= 1 or 'frozen'"
+    for bad, kind in (("old", ValueError), (0, ValueError), (-2, ValueError), (2.5, ValueError)):
+        with pytest.raises(kind, match=wanted):
+            ml.ImplicitManifold(lambda x: x[..., 0], newton=bad)
+    with pytest.raises(TypeError, match=wanted):
+        ml.ImplicitManifold(lambda x: x[..., 0], newton=[3])
+    for bad in ("frozen", 3):
+        with pytest.raises(ValueError, match="Stiefel takes newton=True or False"):
+            ml.Stiefel(newton=bad)
     assert ml.ImplicitManifold(lambda x: x[..., 0], newton="frozen").frozen
+    quasi = ml.ImplicitManifold(lambda x: x[..., 0], newton=False)
+    assert not quasi.newton and quasi.matrix_updates == 1
+    assert ml.ImplicitManifold(lambda x: x[..., 0]).matrix_updates is None
