@@ -17,6 +17,7 @@ compilation fails, the run warns once and goes on eagerly with the same noise.
 from __future__ import annotations
 
 import contextlib
+import types
 import warnings
 
 import torch
@@ -69,6 +70,16 @@ def _autograd_config():
     return contextlib.nullcontext()
 
 
+def _own_code(fn):
+    """``fn`` with a copy of its code object. Dynamo keeps its cache of compiled frames, and
+    counts its recompile limit, per code object, and every closure made from one ``def`` shares
+    it: without the copy, each sampler's step would add a cache entry to the same code, and
+    from the limit's (default 8) next sampler on dynamo would quietly run the step eagerly."""
+    return types.FunctionType(
+        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
+
+
 class CompiledStep:
     """``dynamics.step`` under ``torch.compile``, with the noise drawn eagerly.
 
@@ -92,7 +103,7 @@ class CompiledStep:
         def core(state, normals, kwargs):
             return dynamics.step(state, _Replay(normals), **kwargs)
 
-        self._core = core
+        self._core = _own_code(core)
 
     def _record(self, state, kwargs) -> list[torch.Tensor]:
         recorder = _Recorder()

@@ -24,9 +24,8 @@ DT = torch.float64
 
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
-    """Each test starts with dynamo's caches empty: the step's code object is compiled anew for
-    every sampler, and the tests together would otherwise reach dynamo's recompile limit (after
-    which it runs the step eagerly, and a graph count means nothing)."""
+    """Each test starts with dynamo's caches empty, so that the graphs a test counts are its
+    own (and the recompile limit is counted from zero in the test about it)."""
     torch._dynamo.reset()
     yield
 
@@ -131,6 +130,23 @@ def test_closed_form_steps_are_one_graph(case):
         pytest.skip("this torch cannot trace torch.autograd.grad: the force is a graph break")
     assert counter.frame_count == 1, counter.frame_count
     assert bool(ok.all()) and bool(finite.all())
+
+
+def test_more_samplers_than_the_recompile_limit_all_compile():
+    """Dynamo keeps its cache, and counts its recompile limit, per code object: a process that
+    compiles more samplers than the limit (a sweep over step sizes, say) compiles every one of
+    them, none quietly running eagerly because the others used up the limit."""
+    limit = torch._dynamo.config.recompile_limit
+    counter = CompileCounter()
+    x0 = _sphere()[1]
+    for i in range(limit + 2):
+        sampler = ml.Langevin(
+            ml.Sphere(), potential=lambda x: -(x[..., 2]), step_size=0.05 + 0.01 * i
+        )
+        step = CompiledStep(sampler, backend=counter)
+        with torch.no_grad():
+            step(sampler.init(x0, generator=torch.Generator()), torch.Generator())
+        assert counter.frame_count >= i + 1, f"sampler {i} ran eagerly"
 
 
 def test_inductor_run_agrees_with_eager_to_rounding():
