@@ -700,6 +700,7 @@ def _side_reading(side: dict) -> str:
         k = None if r is None else r.get("torch_kernels_per_step")
         return "?" if k is None else f"{k:.0f}"
 
+    alternated = _shake_iterations()
     normals = side.get("normals", {})
     numpy_row = rows.get(("numpy_s2", 10_000))
     budget = "?"
@@ -735,7 +736,29 @@ def _side_reading(side: dict) -> str:
         chain_frozen_compiled=q("ml_chain10_frozen_compiled", 4_000),
         trimer_kernels=kernels("ml_trimer", 4_000),
         trimer_frozen_kernels=kernels("ml_trimer_frozen", 4_000),
+        **alternated,
     )
+
+
+def _shake_iterations() -> dict:
+    """Placeholders from ``bench_shake_iterations.json`` (the SHAKE iterations timed in
+    alternation): ``alt_<problem>_<method>`` the speed against Newton's, ``alt_s2_<method>_cf``
+    against ``Sphere()``."""
+    path = RESULTS / "bench_shake_iterations.json"
+    cases = json.loads(path.read_text())["cases"] if path.exists() else []
+    out = {}
+    for problem in ("s2", "trimer", "chain10"):
+        case = next((c for c in cases if c["problem"] == problem), None)
+        for method in ("newton_3", "quasi_newton", "frozen"):
+            key = f"alt_{problem}_{method}"
+            out[key] = "not measured" if case is None else f"{case[method]['speed_vs_newton']:.2f}"
+            if problem == "s2":
+                cf = None if case is None else case[method].get("speed_vs_closed_form")
+                out[key + "_cf"] = "not measured" if cf is None else f"{cf:.2f}"
+    case = next((c for c in cases if c["problem"] == "s2"), None)
+    cf = None if case is None else case["newton"].get("speed_vs_closed_form")
+    out["alt_s2_newton_cf"] = "not measured" if cf is None else f"{cf:.2f}"
+    return out
 
 
 def _ms(v: float) -> str:

@@ -262,19 +262,32 @@ def test_bench_short_sums_quick_run(tmp_path):
 def test_implicit_reach_quick_run(tmp_path):
     """``validation/implicit_reach.py --quick``: within the same budget Newton's SHAKE reaches
     at least as far as the quasi-Newton one, and that one at least as far as the frozen old-point
-    matrix; all three solve the smallest steps."""
+    matrix, and three Newton iterates with the third one's matrix kept lie in between; all of
+    them solve the smallest steps."""
     from validation import implicit_reach
 
     result = implicit_reach.main(["--quick", "--out", str(tmp_path / "implicit_reach.json")])
     assert (tmp_path / "quick" / "implicit_reach.json").exists()
     assert len(result["rows"]) == 4  # one problem and the trimer, two dtypes
+    methods = ("newton", "newton_3", "quasi_newton", "frozen")
     for row in result["rows"]:
-        assert row["newton_reach"] is not None and row["quasi_newton_reach"] is not None
-        assert row["frozen_reach"] is not None
-        assert row["newton_reach"] >= row["quasi_newton_reach"] >= row["frozen_reach"]
-        assert (
-            row["newton_converged"][0]
-            == row["quasi_newton_converged"][0]
-            == row["frozen_converged"][0]
-            == 1.0
-        )
+        reaches = [row[f"{m}_reach"] for m in methods]
+        assert None not in reaches and reaches == sorted(reaches, reverse=True), reaches
+        assert all(row[f"{m}_converged"][0] == 1.0 for m in methods)
+
+
+def test_bench_shake_iterations_quick_run(tmp_path):
+    """``validation/bench_shake_iterations.py --quick``: every iteration timed on the three
+    problems, the sphere also against its closed form."""
+    from validation import bench_shake_iterations as bsi
+
+    result = bsi.main(["--quick", "--out", str(tmp_path / "bench_shake_iterations.json")])
+    assert (tmp_path / "quick" / "bench_shake_iterations.json").exists()
+    assert [c["problem"] for c in result["cases"]] == ["s2", "trimer", "chain10"]
+    for case in result["cases"]:
+        assert case["newton"]["speed_vs_newton"] == 1.0
+        for method in bsi.METHODS:
+            q1, q3 = case[method]["quartiles_ms"]
+            assert 0 < q1 <= case[method]["median_ms"] <= q3
+    s2 = result["cases"][0]
+    assert all(s2[m]["speed_vs_closed_form"] > 0 for m in bsi.METHODS)

@@ -1,0 +1,122 @@
+"""Per-step cost of ``ImplicitManifold``'s SHAKE iterations, timed in alternation.
+
+The side-by-side run (``validation.bench_sampler --side-by-side-only``) times each contender
+in one block of a few repeats, so a spell of load from elsewhere on the machine can fall on
+one contender and not on the next. Here the iterations compete step by step instead: one BAOAB
+step (``Langevin``, eager) with each of ``newton=True`` (Newton, the default), ``newton=3``
+(three Newton iterates, then the third one's matrix kept), ``newton=False`` (quasi-Newton) and
+``newton="frozen"`` (classic SHAKE, the old point's Gram matrix), a few steps each in turn,
+many rounds, on one CPU thread, float64; medians and quartiles of the time per step, and each
+median's ratio to Newton's. The
+problems are the side-by-side run's: the sphere ``|x|^2 = 1`` at 10^4 chains (also
+``Sphere()``, the closed form, for the "within 2x" ratio) and the rigid trimer and the
+10-bead chain at 4,000 molecules (``validation.sampler_peers``).
+
+Run: ``python -m validation.bench_shake_iterations`` (about a minute; ``--quick``: small
+sizes, seconds, numbers not meaningful). Writes
+``validation/results/bench_shake_iterations.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from validation import sampler_peers as peers
+from validation.bench_optim import environment
+
+RESULTS = Path(__file__).parent / "results"
+METHODS = {"newton": True, "newton_3": 3, "quasi_newton": False, "frozen": "frozen"}
+#: problem -> (chains, rounds, steps per turn) in full and quick mode
+SIZES = {
+    "full": {"s2": (10_000, 40, 5), "trimer": (4_000, 20, 5), "chain10": (4_000, 10, 2)},
+    "quick": {"s2": (100, 3, 1), "trimer": (10, 3, 1), "chain10": (10, 2, 1)},
+}
+
+
+def _makers(problem: str, n: int) -> dict:
+    """Label -> ``run(n_steps)`` for every iteration (and the closed form on the sphere)."""
+    if problem == "s2":
+        out = {"sphere_closed_form": peers.make_ml_s2(n)}
+        for label, newton in METHODS.items():
+            out[label] = peers.make_ml_s2(n, implicit=True, newton=newton)
+        return out
+    beads = 3 if problem == "trimer" else 10
+    return {
+        label: peers.make_ml_molecule(n, beads, torch.float64, newton=newton)
+        for label, newton in METHODS.items()
+    }
+
+
+def measure(problem: str, n: int, rounds: int, steps: int) -> dict:
+    runs = _makers(problem, n)
+    for run in runs.values():
+        run(2)  # warm-up
+    times = {label: [] for label in runs}
+    load_before = os.getloadavg()
+    for _ in range(rounds):
+        for label, run in runs.items():
+            t0 = time.perf_counter()
+            run(steps)
+            times[label].append((time.perf_counter() - t0) / steps)
+    out = {
+        "problem": problem,
+        "chains": n,
+        "rounds": rounds,
+        "steps_per_turn": steps,
+        "load_before": load_before,
+    }
+    newton = statistics.median(times["newton"])
+    for label, ts in times.items():
+        q1, med, q3 = statistics.quantiles(ts, n=4, method="inclusive")
+        out[label] = {
+            "median_ms": 1e3 * med,
+            "quartiles_ms": [1e3 * q1, 1e3 * q3],
+            "speed_vs_newton": newton / med,
+        }
+    if "sphere_closed_form" in times:
+        closed = statistics.median(times["sphere_closed_form"])
+        for label in METHODS:
+            out[label]["speed_vs_closed_form"] = closed / statistics.median(times[label])
+    out["load_after"] = os.getloadavg()
+    return out
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_shake_iterations.json")
+    parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    mode = "quick" if args.quick else "full"
+    result = {
+        "benchmark": "bench_shake_iterations",
+        "quick": args.quick,
+        "environment": environment(torch.device("cpu")),
+        "cases": [],
+    }
+    out = args.out.parent / "quick" / args.out.name if args.quick else args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for problem, (n, rounds, steps) in SIZES[mode].items():
+        case = measure(problem, n, rounds, steps)
+        result["cases"].append(case)
+        out.write_text(json.dumps(result, indent=1) + "\n")  # as it goes
+        speeds = ", ".join(
+            f"{label} {case[label]['median_ms']:.2f} ms ({case[label]['speed_vs_newton']:.2f}x)"
+            for label in METHODS
+        )
+        print(f"{problem:8s} {n:6d}: {speeds}")
+        if "sphere_closed_form" in case:
+            print(f"         Sphere() {case['sphere_closed_form']['median_ms']:.2f} ms")
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
