@@ -2,15 +2,14 @@
 
 The side-by-side run (``validation.bench_sampler --side-by-side-only``) times each contender
 in one block of a few repeats, so a spell of load from elsewhere on the machine can fall on
-one contender and not on the next. Here the iterations compete step by step instead: one BAOAB
-step (``Langevin``, eager) with each of ``newton=True`` (Newton, the default), ``newton=3``
-(three Newton iterates, then the third one's matrix kept), ``newton=False`` (quasi-Newton) and
+one contender and not on the next. Here the iterations take turns instead: BAOAB steps
+(``Langevin``, eager) with each of ``newton=True`` (Newton, the default), ``newton=3`` (three
+Newton iterates, then the third one's matrix kept), ``newton=False`` (quasi-Newton) and
 ``newton="frozen"`` (classic SHAKE, the old point's Gram matrix), a few steps each in turn,
 many rounds, on one CPU thread, float64; medians and quartiles of the time per step, and each
-median's ratio to Newton's. The
-problems are the side-by-side run's: the sphere ``|x|^2 = 1`` at 10^4 chains (also
-``Sphere()``, the closed form, for the "within 2x" ratio) and the rigid trimer and the
-10-bead chain at 4,000 molecules (``validation.sampler_peers``).
+median's ratio to Newton's. The problems are the side-by-side run's: the sphere ``|x|^2 = 1``
+at 10^4 chains (also ``Sphere()``, the closed form, for the "within 2x" ratio) and the rigid
+trimer and the 10-bead chain at 4,000 molecules (``validation.sampler_peers``).
 
 Run: ``python -m validation.bench_shake_iterations`` (about a minute; ``--quick``: small
 sizes, seconds, numbers not meaningful). Writes

@@ -457,7 +457,7 @@ def test_a_frozen_rattle_step_forms_jacobians_only_at_its_ends():
 
 
 # ------------------------------------------------------------------ a Newton start, then kept
-def _solve_pair(name, dtype, step, **kw):
+def _solve_pair(name, dtype, step):
     p = get_problem(name)
     m = p.make_manifold()
     x = p.initial(64, dtype, "cpu", _gen(27))
