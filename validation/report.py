@@ -745,19 +745,20 @@ def _shake_iterations() -> dict:
     alternation): ``alt_<problem>_<method>`` the speed against Newton's, ``alt_s2_<method>_cf``
     against ``Sphere()``."""
     path = RESULTS / "bench_shake_iterations.json"
-    cases = json.loads(path.read_text())["cases"] if path.exists() else []
-    out = {}
+    cases = (
+        {c["problem"]: c for c in json.loads(path.read_text())["cases"]} if path.exists() else {}
+    )
+
+    def ratio(problem, method, key):
+        v = cases.get(problem, {}).get(method, {}).get(key)
+        return "not measured" if v is None else f"{v:.2f}"
+
+    out = {"alt_s2_newton_cf": ratio("s2", "newton", "speed_vs_closed_form")}
     for problem in ("s2", "trimer", "chain10"):
-        case = next((c for c in cases if c["problem"] == problem), None)
         for method in ("newton_3", "quasi_newton", "frozen"):
-            key = f"alt_{problem}_{method}"
-            out[key] = "not measured" if case is None else f"{case[method]['speed_vs_newton']:.2f}"
-            if problem == "s2":
-                cf = None if case is None else case[method].get("speed_vs_closed_form")
-                out[key + "_cf"] = "not measured" if cf is None else f"{cf:.2f}"
-    case = next((c for c in cases if c["problem"] == "s2"), None)
-    cf = None if case is None else case["newton"].get("speed_vs_closed_form")
-    out["alt_s2_newton_cf"] = "not measured" if cf is None else f"{cf:.2f}"
+            out[f"alt_{problem}_{method}"] = ratio(problem, method, "speed_vs_newton")
+    for method in ("newton_3", "quasi_newton", "frozen"):
+        out[f"alt_s2_{method}_cf"] = ratio("s2", method, "speed_vs_closed_form")
     return out
 
 

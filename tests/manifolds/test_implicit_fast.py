@@ -368,24 +368,32 @@ def _counted_sphere_plane_jacobian():
     return calls, counted
 
 
-def test_a_rattle_step_forms_each_jacobian_once():
-    """A Langevin (BAOAB, RATTLE) step forms the Jacobian at every Newton iterate of its two
-    SHAKE solves and once at each solve's end point, and no more: the start point's (selected
-    from those at the previous step's two ends) serves its kick, its first solve and the redraw
-    of failed chains' momenta."""
+def _jacobians_in_three_steps(step_size: float, seeds: tuple[int, int], **manifold_kw):
+    """Jacobian evaluations in three Langevin steps on the sphere-plane set (after one step
+    that caches the start point's), each step solving every chain; with the manifold and the
+    last state."""
     p = get_problem("sphere_plane")
     calls, counted = _counted_sphere_plane_jacobian()
-    m = ml.ImplicitManifold(p.constraint, jacobian=counted, max_iter=4)
-    s = ml.Langevin(m, p.potential, step_size=0.1)
-    gen = _gen(18)
-    state = s.init(p.initial(16, DT, "cpu", _gen(19)), generator=gen)
+    m = ml.ImplicitManifold(p.constraint, jacobian=counted, **manifold_kw)
+    s = ml.Langevin(m, p.potential, step_size=step_size)
+    gen = _gen(seeds[0])
+    state = s.init(p.initial(16, DT, "cpu", _gen(seeds[1])), generator=gen)
     with torch.no_grad():
         state, ok, _ = s.step(state, gen)  # the start point's Jacobian is now cached
         calls.clear()
         for _ in range(3):
             state, ok, _ = s.step(state, gen)
             assert bool(ok.all())
-    assert len(calls) == 3 * 2 * (m.max_iter + 1)
+    return len(calls), m, state
+
+
+def test_a_rattle_step_forms_each_jacobian_once():
+    """A Langevin (BAOAB, RATTLE) step forms the Jacobian at every Newton iterate of its two
+    SHAKE solves and once at each solve's end point, and no more: the start point's (selected
+    from those at the previous step's two ends) serves its kick, its first solve and the redraw
+    of failed chains' momenta."""
+    n_calls, m, _ = _jacobians_in_three_steps(0.1, (18, 19), max_iter=4)
+    assert n_calls == 3 * 2 * (m.max_iter + 1)
 
 
 @pytest.mark.parametrize("name", ["ellipse", "sphere_plane", "rigid_triatomic"])
@@ -440,19 +448,8 @@ def test_the_frozen_matrix_solves_to_newtons_point(name, dtype):
 
 
 def test_a_frozen_rattle_step_forms_jacobians_only_at_its_ends():
-    p = get_problem("sphere_plane")
-    calls, counted = _counted_sphere_plane_jacobian()
-    m = ml.ImplicitManifold(p.constraint, jacobian=counted, newton="frozen")
-    s = ml.Langevin(m, p.potential, step_size=0.05)
-    gen = _gen(25)
-    state = s.init(p.initial(16, DT, "cpu", _gen(26)), generator=gen)
-    with torch.no_grad():
-        state, ok, _ = s.step(state, gen)
-        calls.clear()
-        for _ in range(3):
-            state, ok, _ = s.step(state, gen)
-            assert bool(ok.all())
-    assert len(calls) == 3 * 2  # one at the end of each of the two solves
+    n_calls, m, state = _jacobians_in_three_steps(0.05, (25, 26), newton="frozen")
+    assert n_calls == 3 * 2  # one at the end of each of the two solves
     assert float(m.residual_norm(state.x).max()) <= m.tolerance(state.x)
 
 
@@ -497,19 +494,8 @@ def test_three_newton_iterates_reach_where_quasi_newton_fails(name, dtype):
 def test_a_newton_start_forms_a_jacobian_per_newton_iterate():
     """A Langevin step with ``newton=2`` forms the Jacobian at two iterates and at the end of
     each of its two solves."""
-    p = get_problem("sphere_plane")
-    calls, counted = _counted_sphere_plane_jacobian()
-    m = ml.ImplicitManifold(p.constraint, jacobian=counted, newton=2)
-    s = ml.Langevin(m, p.potential, step_size=0.1)
-    gen = _gen(29)
-    state = s.init(p.initial(16, DT, "cpu", _gen(30)), generator=gen)
-    with torch.no_grad():
-        state, ok, _ = s.step(state, gen)
-        calls.clear()
-        for _ in range(3):
-            state, ok, _ = s.step(state, gen)
-            assert bool(ok.all())
-    assert len(calls) == 3 * 2 * (2 + 1)
+    n_calls, m, _ = _jacobians_in_three_steps(0.1, (29, 30), newton=2)
+    assert n_calls == 3 * 2 * (2 + 1)
     assert m.newton and not m.frozen and m.matrix_updates == 2
 
 
