@@ -581,7 +581,7 @@ def gpu_section(img: Path, cpu_optim: dict, cpu_sampler: dict) -> str:
     run is missing)."""
     cuda = RESULTS / "cuda"
     if not (cuda / "bench_optim.json").exists():
-        return ""
+        return cuda_graph_section(img)
     opt = json.loads((cuda / "bench_optim.json").read_text())
     smp = json.loads((cuda / "bench_sampler.json").read_text())
     half = json.loads((cuda / "half_precision.json").read_text())
@@ -601,6 +601,56 @@ def gpu_section(img: Path, cpu_optim: dict, cpu_sampler: dict) -> str:
         largest_residual_eps=f"{worst:.2f}",
         margin=f"{margin:.1f}",
         half_table=_half_table(half["rows"]),
+        cuda_graphs=cuda_graph_section(img),
+    )
+
+
+def cuda_graph_section(img: Path, cuda: Path | None = None) -> str:
+    """The CUDA-graph part of ``docs/performance.md``, from
+    ``validation/results/cuda/bench_cuda.json`` (``gpu_graphs_pending`` until that run
+    exists)."""
+    cuda = cuda or RESULTS / "cuda"
+    path = cuda / "bench_cuda.json"
+    if not path.exists():
+        return fill("performance/gpu_graphs_pending")
+    res = json.loads(path.read_text())
+    if (cuda / "bench_cuda.png").exists():
+        shutil.copy(cuda / "bench_cuda.png", img / "bench_cuda.png")
+    rows = res["rows"]
+    counts = sorted({r["n_chains"] for r in rows})
+    head = "| problem | dtype | mode | " + " | ".join(f"{n:,} chains" for n in counts)
+    lines = [head + " | of copy, most chains |", "|---" * (len(counts) + 4) + "|"]
+    keys = []
+    for r in rows:
+        key = (r["problem"], r["dtype"], r["mode"])
+        if key not in keys:
+            keys.append(key)
+    for key in keys:
+        sel = {r["n_chains"]: r for r in rows if (r["problem"], r["dtype"], r["mode"]) == key}
+        cells = [f"{sel[n]['chain_steps_per_s']:.3g}" if n in sel else "-" for n in counts]
+        top = sel[max(sel)]
+        frac = top.get("bandwidth_fraction")
+        lines.append(
+            f"| {' | '.join(key)} | " + " | ".join(cells)
+            + (f" | {100 * frac:.1f}% |" if frac is not None else " | - |")
+        )  # fmt: skip
+    skipped = res.get("skipped", [])
+    note = (
+        "Left out of this run: "
+        + "; ".join(f"{p} {d} {m} at {n:,} chains ({why})" for p, d, m, n, why in skipped)
+        + "."
+        if skipped
+        else ""
+    )
+    bandwidth = res.get("copy_bandwidth_bytes_per_s")
+    return fill(
+        "performance/gpu_graphs",
+        bandwidth=f"{bandwidth / 1e12:.2f}" if bandwidth else "?",
+        environment=_gpu_line(res["environment"])
+        if "gpu" in res["environment"]
+        else res["environment"]["device"],
+        table="\n".join(lines),
+        skipped=note,
     )
 
 

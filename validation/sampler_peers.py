@@ -64,6 +64,7 @@ __all__ = [
     "make_ml_stiefel",
     "make_numpy_s2",
     "make_openmm_molecule",
+    "ml_molecule_sampler",
     "openmm_available",
 ]
 
@@ -268,6 +269,20 @@ def make_ml_molecule(
 ) -> Callable[[int], torch.Tensor]:
     """The molecule through ``ImplicitManifold`` and ``Langevin`` (BAOAB), one chain per
     molecule; ``newton`` is the SHAKE iteration (``ImplicitManifold``'s argument)."""
+    sampler, x0 = ml_molecule_sampler(n_chains, n_beads, dtype, seed, device, newton)
+    return _sampler_run(sampler, x0, seed, compile)
+
+
+def ml_molecule_sampler(
+    n_chains: int,
+    n_beads: int,
+    dtype=torch.float64,
+    seed: int = 0,
+    device="cpu",
+    newton: bool | int | str = True,
+) -> tuple[ml.Langevin, torch.Tensor]:
+    """``(sampler, x0)`` of :func:`make_ml_molecule`: the sampler and the start positions
+    ``(n_chains, 3 n_beads)``."""
     pos = _chain_positions(n_chains, n_beads, np.random.default_rng(seed))
     x0 = torch.tensor(pos.reshape(n_chains, 3 * n_beads), dtype=dtype, device=device)
     manifold = ml.ImplicitManifold(chain_constraint(n_beads), newton=newton)
@@ -282,7 +297,7 @@ def make_ml_molecule(
         friction=MD_FRICTION,
         temperature=KT_300K,
     )
-    return _sampler_run(sampler, x0, seed, compile)
+    return sampler, x0
 
 
 def openmm_available() -> str | None:

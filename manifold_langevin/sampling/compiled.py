@@ -3,8 +3,9 @@
 ``torch.compile`` cannot trace a draw from a ``torch.Generator`` without breaking the graph
 there, and the generators are what make a run reproducible and resumable. So the step is split:
 the normals one step needs are drawn eagerly, in the order and shapes the eager step draws them
-(recorded once, from one eager step on a recording noise source that draws nothing), and the
-compiled function receives them and replays them to the integrator as its noise source. The
+(recorded from one eager step on a recording noise source that draws nothing, once per kind of
+state: its tensors' shapes, dtypes and devices), and the compiled function receives them and
+replays them to the integrator as its noise source. The
 generator therefore advances exactly as in an eager run, and the compiled trajectory equals the
 eager one to rounding (the compiler fuses and reorders arithmetic). The maths is the
 integrator's own ``step``: nothing here re-implements a sub-step.
@@ -80,6 +81,16 @@ def _own_code(fn):
     )
 
 
+def _kind_of(state, kwargs) -> tuple:
+    """What the shapes of a step's draws can depend on: the state's tensors' shapes, dtypes and
+    devices, and which keywords the step gets."""
+    tensors = [getattr(state, name, None) for name in ("x", "p", "force")]
+    return tuple(
+        (tuple(t.shape), t.dtype, t.device) if isinstance(t, torch.Tensor) else None
+        for t in tensors
+    ) + tuple(sorted(kwargs))
+
+
 class CompiledStep:
     """``dynamics.step`` under ``torch.compile``, with the noise drawn eagerly.
 
@@ -96,7 +107,8 @@ class CompiledStep:
     def __init__(self, dynamics, **options):
         self.dynamics = dynamics
         self.options = {"dynamic": False, **options}
-        self._likes: list[torch.Tensor] | None = None
+        # the draws one step makes, recorded per kind of state (shapes, dtype, device)
+        self._likes: dict[tuple, list[torch.Tensor]] = {}
         self._compiled = None
         self.fallback: str | None = None
 
@@ -112,9 +124,11 @@ class CompiledStep:
         return recorder.likes
 
     def __call__(self, state, generator=None, **kwargs):
-        if self._likes is None:
-            self._likes = self._record(state, kwargs)
-        normals = [standard_normal(like, generator) for like in self._likes]
+        kind = _kind_of(state, kwargs)
+        likes = self._likes.get(kind)
+        if likes is None:
+            likes = self._likes[kind] = self._record(state, kwargs)
+        normals = [standard_normal(like, generator) for like in likes]
         if self.fallback is None:
             try:
                 if self._compiled is None:

@@ -20,6 +20,7 @@ from ..integrators.base import State, chain_mask, standard_layout
 from .adaptation import DualAveraging
 from .compiled import CompiledStep
 from .diagnostics import summarise
+from .graphed import GraphedBody, check_graphable
 from .result import SampleResult, extreme
 from .statistics import BatchMeans
 from .traces import TRACE_BYTES, TRACE_DRAWS, Traces
@@ -51,6 +52,7 @@ def sample(
     trace_draws: int = TRACE_DRAWS,
     trace_bytes: int = TRACE_BYTES,
     compile: bool | Mapping = False,
+    cuda_graph: bool = False,
 ) -> SampleResult:
     """Run ``n_steps`` of ``dynamics`` from ``x0`` for every chain and average ``observables``.
 
@@ -85,7 +87,17 @@ def sample(
             drawn eagerly from ``generator`` in the eager step's order, so the stream and the
             trajectory are the eager ones to rounding); a mapping passes options to
             ``torch.compile``. The first step pays for the compilation (seconds to a minute);
-            worth it for long runs. If compilation fails the run warns and continues eagerly.
+            worth it for long runs. The sampler keeps its compiled step for later runs with the
+            same options (a run resumed in pieces compiles once; another chain count or dtype
+            recompiles once). If compilation fails the run warns and continues eagerly.
+        cuda_graph: on a CUDA device, capture the loop's step (the integrator's step, the
+            failure counts, the recording) in CUDA graphs and replay them, one launch per step
+            instead of one per kernel
+            ([`GraphedBody`][manifold_langevin.sampling.graphed.GraphedBody]): the same
+            kernels, so the same numbers bit for bit and the same generator state at the end as
+            the eager run. Combines with ``compile``. A step-size adaptation's burn-in runs
+            eagerly, the steps after it graphed. ``generator`` must then be a
+            ``torch.Generator`` on the chains' device, or ``None``.
 
     A run that should not be trusted as it is warns with
     [`UntrustedRunWarning`][manifold_langevin.errors.UntrustedRunWarning], naming the
@@ -106,6 +118,11 @@ def sample(
 
     Raises:
         OffManifoldError: ``x0`` is off the manifold (and ``project`` is false).
+        ValueError: ``cuda_graph`` with chains off a CUDA device (or a generator on another
+            device); TypeError: ``cuda_graph`` with a noise source that is no
+            ``torch.Generator``.
+        RuntimeError: ``cuda_graph`` with a step that cannot be captured (it reads a tensor on
+            the host); the chains are left as they were.
         NonFiniteError: the force or the state became NaN/Inf; ``.step`` is the first failing
             step and ``.state`` has the affected chains frozen just before it.
         ShakeError: in ``strict`` mode, a SHAKE solve failed.
@@ -122,6 +139,8 @@ def sample(
         raise ValueError("adapt_step_size needs burn_in > 0: the step is tuned during burn-in")
     if check_every is not None:
         check_every = _int("check_every", check_every, 1)
+    if not isinstance(cuda_graph, bool):
+        raise TypeError(f"cuda_graph must be True or False, got {cuda_graph!r}")
     if burn_in >= n_steps:
         raise ValueError(f"burn_in ({burn_in}) must be smaller than n_steps ({n_steps})")
     observables = dict(observables or {})
@@ -129,6 +148,8 @@ def sample(
         if not callable(fn):
             raise TypeError(f"observable {name!r} is not callable")
 
+    if cuda_graph and isinstance(x0, torch.Tensor):
+        check_graphable(x0.device, generator)
     with torch.no_grad():
         state = dynamics.init(x0, p0=p0, generator=generator, project=project)
         x = state.x
@@ -154,71 +175,53 @@ def sample(
             if adapt
             else None
         )
-        step_size = None
         step = dynamics.step
         if compile:
-            step = CompiledStep(dynamics, **(compile if isinstance(compile, Mapping) else {}))
+            step = _compiled_step(dynamics, dict(compile) if isinstance(compile, Mapping) else {})
 
-        alive = torch.ones(chains, dtype=torch.bool, device=dev)
-        n_fail = torch.zeros((), dtype=torch.int64, device=dev)
-        first_fail = torch.full((), -1, dtype=torch.int64, device=dev)
-        first_bad = torch.full((), -1, dtype=torch.int64, device=dev)
-        max_res = torch.zeros((), dtype=acc_dtype, device=dev)
-        # the Metropolis kernel's counts (its states carry an info dict)
-        n_accepted = torch.zeros((), dtype=torch.int64, device=dev)
-        n_reverse = torch.zeros((), dtype=torch.int64, device=dev)
-        metropolis = False
+        tally = _Tally(chains, dev, acc_dtype)
+        body = _Body(step, dynamics.manifold, strict, stats, tally)
+        graphed = None
 
         for i in tqdm(range(n_steps), disable=not progress, desc="sampling", leave=False):
-            if adapter is not None:
-                if i <= burn_in:  # tuned during burn-in, then frozen at the averaged step
-                    step_size = adapter.step_size if i < burn_in else adapter.final_step_size
-                new, ok, finite = step(state, generator, step_size=step_size)
+            r = (i - burn_in) // thin
+            recorded = i >= burn_in and (i - burn_in) % thin == 0
+            # the body's Python settings: count the Metropolis outcomes (after burn-in), and the
+            # batch a recorded step adds to
+            key = (i >= burn_in, min(r // batch_len, n_batches - 1) if recorded else None)
+            if adapter is not None and i <= burn_in:
+                # tuned during burn-in (eagerly), then frozen at the averaged step
+                body.step_size = adapter.step_size if i < burn_in else adapter.final_step_size
+                state, values = body(state, generator, i, key)
                 if i < burn_in:
-                    adapter.update(new.info["accept_prob"])
+                    adapter.update(state.info["accept_prob"])
+            elif cuda_graph:
+                if graphed is None:  # from the state reached so far (after an eager burn-in)
+                    graphed = GraphedBody(body, state, generator, body.touched)
+                state, values = graphed(i, key)
             else:
-                new, ok, finite = step(state, generator)
-            failed = alive & ~ok
-            # a step whose SHAKE solve failed is rejected whatever its garbage holds; NaN/Inf
-            # counts only where the solves converged (a potential or force gone non-finite)
-            nonfinite = ok & ~finite
-            bad = alive & nonfinite
-            n_fail += failed.sum()
-            first_fail = torch.where((first_fail < 0) & failed.any(), i, first_fail)
-            first_bad = torch.where((first_bad < 0) & bad.any(), i, first_bad)
-            moving = alive & (ok & finite if strict else ~nonfinite)
-            if new.info is not None:
-                metropolis = True
-                if i >= burn_in:
-                    n_accepted += (alive & new.info["accepted"]).sum()
-                    n_reverse += (alive & new.info["reverse_failed"]).sum()
-            state = _freeze(state, new, moving)
-            alive = moving
-            if i >= burn_in and (i - burn_in) % thin == 0:
-                r = (i - burn_in) // thin
-                values = stats.evaluate(state.x)
-                stats.add(min(r // batch_len, n_batches - 1), values)
+                state, values = body(state, generator, i, key)
+            if recorded:
+                stats.counts[key[1]] += 1
                 traces.add(r, values)
-                res = dynamics.manifold.residual_norm(state.x)
-                max_res = torch.maximum(max_res, res.max().to(acc_dtype))
             if check_every is not None and (i + 1) % check_every == 0:
-                _raise_if_failed(dynamics, state, first_bad, first_fail, n_fail, strict)
+                _raise_if_failed(dynamics, state, tally, strict)
 
-        _raise_if_failed(dynamics, state, first_bad, first_fail, n_fail, strict)
+        _raise_if_failed(dynamics, state, tally, strict)
         means, stderrs, batch_means = stats.finish()
-        nf = int(n_fail)
+        nf = int(tally.n_fail)
         extra = {}
-        if metropolis:
-            na, proposals = int(n_accepted), (n_steps - burn_in) * n_chains
+        if body.metropolis:
+            na, proposals = int(tally.n_accepted), (n_steps - burn_in) * n_chains
             extra = {"acceptance_rate": na / proposals, "n_rejected": proposals - na,
-                     "n_reverse_failed": int(n_reverse)}  # fmt: skip
+                     "n_reverse_failed": int(tally.n_reverse)}  # fmt: skip
         if adapter is not None:
             extra["step_size"] = float(adapter.final_step_size)
         extra.update(_diagnostics(traces, n_chains))
         result = SampleResult(
             means=means,
             stderrs=stderrs,
-            max_residual=float(max_res),
+            max_residual=float(tally.max_res),
             n_failures=nf,
             failure_rate=nf / (n_steps * n_chains),
             n_samples=n_rec,
@@ -253,6 +256,92 @@ def _diagnostics(traces: Traces, n_chains: int) -> dict:
     out["rhat"] = {k: d["rhat"] for k, d in diag.items()}
     out["mcse"] = {k: d["mcse_mean"] / math.sqrt(scale) for k, d in diag.items()}
     return out
+
+
+def _compiled_step(dynamics, options: dict) -> CompiledStep:
+    """The sampler's compiled step for these ``torch.compile`` options, made once per sampler
+    and kept on it: later runs (a run resumed in pieces, another chain count) reuse its
+    compiled code instead of compiling again."""
+    attributes = getattr(dynamics, "__dict__", None)
+    if attributes is None:  # nowhere to keep it
+        return CompiledStep(dynamics, **options)
+    steps = attributes.setdefault("_compiled_steps", {})
+    key = repr(sorted(options.items()))
+    if key not in steps:
+        steps[key] = CompiledStep(dynamics, **options)
+    return steps[key]
+
+
+class _Tally:
+    """The run's counters on the device, updated in place by the loop body (so that a CUDA
+    graph of the body updates them too): the chains still moving, the failed chain-steps and
+    the first failing steps, the Metropolis test's outcomes, the largest recorded residual."""
+
+    def __init__(self, chains: torch.Size, device: torch.device, acc_dtype: torch.dtype):
+        self.alive = torch.ones(chains, dtype=torch.bool, device=device)
+        self.n_fail = torch.zeros((), dtype=torch.int64, device=device)
+        self.first_fail = torch.full((), -1, dtype=torch.int64, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.n_accepted = torch.zeros((), dtype=torch.int64, device=device)
+        self.n_reverse = torch.zeros((), dtype=torch.int64, device=device)
+        self.max_res = torch.zeros((), dtype=acc_dtype, device=device)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.alive, self.n_fail, self.first_fail, self.first_bad, self.n_accepted,
+                self.n_reverse, self.max_res]  # fmt: skip
+
+
+class _Body:
+    """One step of the sampling loop, all of it device work: the integrator's step, the
+    failure counts, the freezing of failed chains and, on a recorded step, the observables added
+    to their batch and the residual. The eager loop calls it, and
+    [`GraphedBody`][manifold_langevin.sampling.graphed.GraphedBody] captures it; ``index`` is
+    the step's number (an int, or a device tensor inside a graph) and ``key`` the Python
+    settings ``(count, batch)``: count the Metropolis outcomes, and the batch a recorded step
+    adds to (``None``: not recorded)."""
+
+    def __init__(self, step, manifold, strict: bool, stats: BatchMeans, tally: _Tally):
+        self.step, self.manifold, self.strict = step, manifold, strict
+        self.stats, self.tally = stats, tally
+        self.step_size = None  # set by step-size adaptation
+        self.metropolis = False  # the integrator's states carry the Metropolis kernel's info
+
+    def touched(self, key) -> list[torch.Tensor]:
+        """The device tensors, besides the state, that the body with settings ``key`` writes."""
+        batch = key[1]
+        sums = [] if batch is None else [s[batch] for s in self.stats.sums.values()]
+        return self.tally.tensors() + sums
+
+    def __call__(self, state: State, generator, index, key):
+        count, batch = key
+        t = self.tally
+        if self.step_size is None:
+            new, ok, finite = self.step(state, generator)
+        else:
+            new, ok, finite = self.step(state, generator, step_size=self.step_size)
+        failed = t.alive & ~ok
+        # a step whose SHAKE solve failed is rejected whatever its garbage holds; NaN/Inf
+        # counts only where the solves converged (a potential or force gone non-finite)
+        nonfinite = ok & ~finite
+        bad = t.alive & nonfinite
+        t.n_fail += failed.sum()
+        t.first_fail.copy_(torch.where((t.first_fail < 0) & failed.any(), index, t.first_fail))
+        t.first_bad.copy_(torch.where((t.first_bad < 0) & bad.any(), index, t.first_bad))
+        moving = t.alive & (ok & finite if self.strict else ~nonfinite)
+        if new.info is not None:
+            self.metropolis = True
+            if count:
+                t.n_accepted += (t.alive & new.info["accepted"]).sum()
+                t.n_reverse += (t.alive & new.info["reverse_failed"]).sum()
+        state = _freeze(state, new, moving)
+        t.alive.copy_(moving)
+        if batch is None:
+            return state, None
+        values = self.stats.evaluate(state.x)
+        self.stats.accumulate(batch, values)
+        res = self.manifold.residual_norm(state.x)
+        torch.maximum(t.max_res, res.max().to(t.max_res.dtype), out=t.max_res)
+        return state, values
 
 
 def _freeze(old: State, new: State, moving: torch.Tensor) -> State:
@@ -341,8 +430,9 @@ def _outside_the_package() -> int:
     return level
 
 
-def _raise_if_failed(dynamics, state, first_bad, first_fail, n_fail, strict):
-    bad = int(first_bad)
+def _raise_if_failed(dynamics, state, tally: _Tally, strict: bool):
+    first_fail, n_fail = tally.first_fail, tally.n_fail
+    bad = int(tally.first_bad)
     if bad >= 0:
         raise NonFiniteError(
             f"the force or the state became NaN/Inf at step {bad}; the affected chains were "

@@ -65,6 +65,11 @@ class BatchMeans:
     def add(self, batch: int, values: dict[str, torch.Tensor]) -> None:
         """Add the observables' ``values`` (from [`evaluate`][]) to batch ``batch``."""
         self.counts[batch] += 1
+        self.accumulate(batch, values)
+
+    def accumulate(self, batch: int, values: dict[str, torch.Tensor]) -> None:
+        """The device half of [`add`][]: the sums only, without counting the sample (the
+        caller counts it in ``counts``; a CUDA graph replays this half, not the count)."""
         for name, v in values.items():
             self.sums[name][batch] += v
 

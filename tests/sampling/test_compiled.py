@@ -188,3 +188,19 @@ def test_state_dependent_draws_are_refused():
     step = CompiledStep(Changing(), backend=CompileCounter())
     with pytest.raises(StateDependentDraws, match="depend on the state"):
         step(None, torch.Generator().manual_seed(0))
+
+
+def test_a_sampler_compiles_once_across_runs():
+    """``sample(compile=...)`` keeps the sampler's compiled step: a second run (another chain
+    count: one recompilation for the new shapes) and a third (the first count again: none)
+    reuse it, and each run still draws the eager run's noise."""
+    sampler, x0 = _sphere()
+    counter = CompileCounter()
+    runs = [x0, x0[:16], x0]
+    for x in runs:
+        gen, gen_eager = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+        out = sampler.sample(x, 3, generator=gen, compile={"backend": counter})
+        eager = sampler.sample(x, 3, generator=gen_eager)
+        assert torch.equal(out.state.x, eager.state.x)
+        assert torch.equal(gen.get_state(), gen_eager.get_state())
+    assert counter.frame_count == 2, counter.frame_count

@@ -291,3 +291,34 @@ def test_bench_shake_iterations_quick_run(tmp_path):
             assert 0 < q1 <= case[method]["median_ms"] <= q3
     s2 = result["cases"][0]
     assert all(s2[m]["speed_vs_closed_form"] > 0 for m in bsi.METHODS)
+
+
+def test_bench_cuda_quick_schema_and_report(tmp_path):
+    """The GPU benchmark's ``--quick`` run on this machine: eager rows measured, the graph modes
+    skipped with the reason when there is no CUDA device, and the performance page's table
+    rendered from its JSON."""
+    from validation import bench_cuda, report
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert bench_cuda.main(["--quick", "--device", device, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench_cuda.json").read_text())
+    assert result["benchmark"] == "bench_cuda"
+    assert result["schema_version"] == bench_cuda.SCHEMA_VERSION
+    measured = {(r["problem"], r["dtype"], r["mode"], r["n_chains"]) for r in result["rows"]}
+    skipped = {tuple(s[:4]) for s in result["skipped"]}
+    planned = {(p, d, m, n) for p, d, m, counts in bench_cuda.QUICK_CASES for n in counts}
+    assert measured | skipped == planned and not measured & skipped
+    if device == "cpu":
+        assert skipped == {c for c in planned if "graph" in c[2]}
+        assert all(s[4] == "needs a CUDA device" for s in result["skipped"])
+    for r in result["rows"]:
+        assert r["seconds_per_step"] > 0
+        assert r["chain_steps_per_s"] == pytest.approx(r["n_chains"] / r["seconds_per_step"])
+    img = tmp_path / "img"
+    img.mkdir()
+    text = report.cuda_graph_section(img, cuda=tmp_path)
+    assert (img / "bench_cuda.png").stat().st_size > 0
+    assert "| s2 | float64 | eager |" in text and "needs a CUDA device" in text
+    assert "${" not in text
+    # without a run's JSON the section says that none was made
+    assert "has not been measured yet" in report.cuda_graph_section(img, cuda=tmp_path / "no")
