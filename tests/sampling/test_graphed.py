@@ -107,6 +107,12 @@ def _hmc(device):
     return sampler, x0.to(device), {"x0": lambda x: x[..., 0]}
 
 
+def _hmc_fixed(device):
+    sampler = ml.HMC(ml.Sphere(), potential=lambda x: -3.0 * x[..., 0], step_size=0.4, n_leapfrog=3)
+    x0 = ml.Sphere().random(48, 3, dtype=DT, generator=torch.Generator().manual_seed(4))
+    return sampler, x0.to(device), {"x0": lambda x: x[..., 0]}
+
+
 def _overdamped(device):
     sampler = ml.OverdampedLangevin(ml.Stiefel(), potential=lambda x: -x[..., 0, 0], step_size=0.05)
     x0 = ml.Stiefel().random(32, 4, 2, dtype=DT, generator=torch.Generator().manual_seed(3))
@@ -120,6 +126,8 @@ CASES = {
     "sphere_every_step": (_sphere, dict(n_steps=25, n_batches=10)),
     "failures": (_thin_ellipse, dict(n_steps=80, burn_in=10, n_batches=5)),
     "hmc_adapted": (_hmc, dict(n_steps=50, burn_in=20, n_batches=3)),
+    # the Metropolis outcomes counted after burn-in only (two settings of the same step)
+    "hmc_burn_in": (_hmc_fixed, dict(n_steps=40, burn_in=9, thin=2, n_batches=2)),
     "overdamped": (_overdamped, dict(n_steps=30, thin=2, n_batches=3)),
 }
 
@@ -170,6 +178,8 @@ def test_graphed_loop_equals_eager_loop(replay_by_calling, case):
         assert eager.n_failures > 0
     if case == "hmc_adapted":
         assert eager.acceptance_rate is not None and eager.step_size != 0.3
+    if case == "hmc_burn_in":
+        assert 0 < eager.n_rejected < 31 * 48  # both outcomes occur after burn-in
 
 
 def test_graphed_strict_failure_names_the_eager_step(replay_by_calling):
