@@ -77,25 +77,33 @@ COPY_BYTES = 2 * 2**30
 DISTINCT_MOLECULES = 100_000
 
 
+#: (problem, dtype, device) -> sampler: one sampler per problem, so that its compiled step (kept
+#: on the sampler) serves every chain count
+_SAMPLERS: dict[tuple, ml.Langevin] = {}
+
+
 def _problem(problem: str, n_chains: int, dtype: torch.dtype, device: torch.device):
     """``(sampler, x0, observables, event size)``."""
+    key = (problem, dtype, str(device))
     if problem == "s2":
-        mu = torch.tensor([0.0, 0.0, 1.0], dtype=dtype, device=device)
-        sampler = ml.Langevin(
-            ml.Sphere(),
-            potential=lambda x: -peers.KAPPA * (x * mu).sum(-1),
-            step_size=peers.STEP,
-            friction=peers.FRICTION,
-            temperature=peers.TEMPERATURE,
-        )
+        if key not in _SAMPLERS:
+            mu = torch.tensor([0.0, 0.0, 1.0], dtype=dtype, device=device)
+            _SAMPLERS[key] = ml.Langevin(
+                ml.Sphere(),
+                potential=lambda x: -peers.KAPPA * (x * mu).sum(-1),
+                step_size=peers.STEP,
+                friction=peers.FRICTION,
+                temperature=peers.TEMPERATURE,
+            )
         gen = torch.Generator(device=device).manual_seed(0)
         z = torch.randn(n_chains, 3, generator=gen, dtype=dtype, device=device)
         x0 = torch.nn.functional.normalize(z, dim=-1)
-        return sampler, x0, {"z": lambda x: x[..., 2]}, 3
+        return _SAMPLERS[key], x0, {"z": lambda x: x[..., 2]}, 3
     if problem == "trimer":
         sampler, x0 = peers.ml_molecule_sampler(
             min(n_chains, DISTINCT_MOLECULES), 3, dtype=dtype, device=device
         )
+        sampler = _SAMPLERS.setdefault(key, sampler)
         if n_chains > x0.shape[0]:
             x0 = x0.repeat(-(-n_chains // x0.shape[0]), 1)[:n_chains]
         return sampler, x0, {"angle": lambda x: peers.chain_angles(x, 3)[..., 0]}, 9
