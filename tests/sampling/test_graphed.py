@@ -12,8 +12,8 @@ Two backends run the same cases:
   index, one graph per burn-in / thinned / batch setting, the eager burn-in of step-size
   adaptation, the host's counts and traces) gives the eager numbers;
 * on a CUDA device (skipped without one), ``torch.cuda.CUDAGraph`` itself, where Python runs
-  once per setting and every later step is a replay: this proves nothing the loop needs
-  happens on the host only.
+  the body once per setting and every later step is a replay: this proves that nothing the
+  loop needs is done by Python between the replays.
 """
 
 from __future__ import annotations
