@@ -87,14 +87,7 @@ def _problem(problem: str, n_chains: int, dtype: torch.dtype, device: torch.devi
     key = (problem, dtype, str(device))
     if problem == "s2":
         if key not in _SAMPLERS:
-            mu = torch.tensor([0.0, 0.0, 1.0], dtype=dtype, device=device)
-            _SAMPLERS[key] = ml.Langevin(
-                ml.Sphere(),
-                potential=lambda x: -peers.KAPPA * (x * mu).sum(-1),
-                step_size=peers.STEP,
-                friction=peers.FRICTION,
-                temperature=peers.TEMPERATURE,
-            )
+            _SAMPLERS[key] = peers.ml_s2_sampler(dtype, device)
         gen = torch.Generator(device=device).manual_seed(0)
         z = torch.randn(n_chains, 3, generator=gen, dtype=dtype, device=device)
         x0 = torch.nn.functional.normalize(z, dim=-1)

@@ -65,6 +65,7 @@ __all__ = [
     "make_numpy_s2",
     "make_openmm_molecule",
     "ml_molecule_sampler",
+    "ml_s2_sampler",
     "openmm_available",
 ]
 
@@ -153,20 +154,31 @@ def make_ml_s2(
     or (``implicit=True``) on ``ImplicitManifold(|x|^2 - 1)``, ``newton`` its SHAKE iteration
     (``ImplicitManifold``'s argument)."""
     gen = torch.Generator().manual_seed(seed)
+    sampler = ml_s2_sampler(dtype, device, implicit, newton)
+    x0 = torch.nn.functional.normalize(torch.randn(n_chains, 3, generator=gen, dtype=dtype), dim=-1)
+    return _sampler_run(sampler, x0.to(device), seed, compile)
+
+
+def ml_s2_sampler(
+    dtype=torch.float64,
+    device="cpu",
+    implicit: bool = False,
+    newton: bool | int | str = True,
+) -> ml.Langevin:
+    """The sampler of :func:`make_ml_s2`: BAOAB on S^2 with the vMF potential ``-kappa mu.x``
+    (``mu`` the third axis), on ``Sphere()`` or ``ImplicitManifold(|x|^2 - 1)``."""
     mu = torch.tensor([0.0, 0.0, 1.0], dtype=dtype, device=device)
     if implicit:
         manifold = ml.ImplicitManifold(lambda x: (x * x).sum(-1) - 1.0, newton=newton)
     else:
         manifold = ml.Sphere()
-    sampler = ml.Langevin(
+    return ml.Langevin(
         manifold,
         potential=lambda x: -KAPPA * (x * mu).sum(-1),
         step_size=STEP,
         friction=FRICTION,
         temperature=TEMPERATURE,
     )
-    x0 = torch.nn.functional.normalize(torch.randn(n_chains, 3, generator=gen, dtype=dtype), dim=-1)
-    return _sampler_run(sampler, x0.to(device), seed, compile)
 
 
 class GeneralFormulaStiefel(ml.Stiefel):
