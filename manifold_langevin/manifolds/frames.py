@@ -117,7 +117,7 @@ def identity(p: int, like: torch.Tensor) -> torch.Tensor:
     return torch.eye(p, dtype=like.dtype, device=like.device)
 
 
-def expm_skew(a: torch.Tensor) -> torch.Tensor:
+def expm_skew(a: torch.Tensor, stacked: bool = False) -> torch.Tensor:
     r"""$e^{a}$ of skew-symmetric ``(..., p, p)`` matrices: closed forms for $p \le 3$.
 
     - $p = 1$: $a = 0$, $e^a = 1$.
@@ -131,29 +131,40 @@ def expm_skew(a: torch.Tensor) -> torch.Tensor:
     - $p \ge 4$: ``torch.linalg.matrix_exp``.
 
     Elementwise work on ``(...,)`` tensors for $p \le 3$ (no batched small products, no host
-    reads); only $a$'s strictly lower triangle is read, so it must be skew already.
+    reads); only $a$'s strictly lower triangle is read, so it must be skew already. With
+    ``stacked=True`` the matrices are stored entries first, ``(p, p, B)`` (see
+    [`stacked`][manifold_langevin.manifolds.stacked]), and so is the result.
     """
-    p = a.shape[-1]
+    p = a.shape[1] if stacked else a.shape[-1]
     if p == 1:
         return torch.ones_like(a)
-    if p == 2:
-        theta = a[..., 1, 0]
-        c, s = torch.cos(theta), torch.sin(theta)
-        return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
-    if p != 3:
+    if p > 3:
+        if stacked:
+            return torch.linalg.matrix_exp(a.permute(2, 0, 1)).permute(1, 2, 0).contiguous()
         return torch.linalg.matrix_exp(a)
-    w1, w2, w3 = a[..., 2, 1], a[..., 0, 2], a[..., 1, 0]
-    theta2 = w1 * w1 + w2 * w2 + w3 * w3
-    theta = torch.sqrt(theta2)
-    c1 = torch.sinc(theta * (1.0 / math.pi))
-    half = torch.sinc(theta * (0.5 / math.pi))
-    c2 = 0.5 * half * half
-    d = 1.0 - c2 * theta2  # the diagonal: 1 + c2 (w_i^2 - theta^2) = 1 - c2 theta^2 + c2 w_i^2
-    rows = (
-        (d + c2 * w1 * w1, c2 * w1 * w2 - c1 * w3, c2 * w1 * w3 + c1 * w2),
-        (c2 * w2 * w1 + c1 * w3, d + c2 * w2 * w2, c2 * w2 * w3 - c1 * w1),
-        (c2 * w3 * w1 - c1 * w2, c2 * w3 * w2 + c1 * w1, d + c2 * w3 * w3),
-    )
+
+    def entry(i: int, j: int) -> torch.Tensor:
+        return a[i, j] if stacked else a[..., i, j]
+
+    if p == 2:
+        theta = entry(1, 0)
+        c, s = torch.cos(theta), torch.sin(theta)
+        rows = ((c, -s), (s, c))
+    else:
+        w1, w2, w3 = entry(2, 1), entry(0, 2), entry(1, 0)
+        theta2 = w1 * w1 + w2 * w2 + w3 * w3
+        theta = torch.sqrt(theta2)
+        c1 = torch.sinc(theta * (1.0 / math.pi))
+        half = torch.sinc(theta * (0.5 / math.pi))
+        c2 = 0.5 * half * half
+        d = 1.0 - c2 * theta2  # the diagonal: 1 + c2 (w_i^2 - theta^2) = 1 - c2 theta^2 + c2 w_i^2
+        rows = (
+            (d + c2 * w1 * w1, c2 * w1 * w2 - c1 * w3, c2 * w1 * w3 + c1 * w2),
+            (c2 * w2 * w1 + c1 * w3, d + c2 * w2 * w2, c2 * w2 * w3 - c1 * w1),
+            (c2 * w3 * w1 - c1 * w2, c2 * w3 * w2 + c1 * w1, d + c2 * w3 * w3),
+        )
+    if stacked:
+        return torch.stack([torch.stack(r, 0) for r in rows], 0)
     return torch.stack([torch.stack(r, -1) for r in rows], -2)
 
 

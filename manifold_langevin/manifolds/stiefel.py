@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import torch
 
+from . import stacked
 from .base import ConstrainedManifold, as_time
 from .frames import (
     expm_skew,
@@ -105,6 +106,91 @@ def _is_wide(x: torch.Tensor) -> bool:
 
 def _tall(x: torch.Tensor, wide: bool) -> torch.Tensor:
     return x.mT if wide else x
+
+
+#: Frames of at most this many columns take their geodesic in the entries-first layout of
+#: [`stacked`][manifold_langevin.manifolds.stacked] (products as multiply-adds over the stack,
+#: the exponential built from them); wider ones in torch's batched layout with
+#: ``torch.linalg.matrix_exp``. Measured by ``python -m validation.bench_sampler``: V(10, 3)
+#: and SO(3) (see the performance page).
+_STACKED_MAX_P = 3
+
+
+class _BatchMajor:
+    """The kernels the geodesic is written with, for ``(..., r, c)`` matrices: torch's batched
+    products and ``torch.linalg.matrix_exp``. [`stacked`][manifold_langevin.manifolds.stacked]
+    has the same functions for ``(r, c, B)`` stacks. Per-matrix scalars are ``(..., 1, 1)``."""
+
+    mm = staticmethod(torch.matmul)
+    sym = staticmethod(sym)
+    skew = staticmethod(skew)
+    identity = staticmethod(identity)
+    polish = staticmethod(polish)
+    expm = staticmethod(torch.linalg.matrix_exp)
+    expm_skew = staticmethod(expm_skew)
+
+    @staticmethod
+    def tmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a.mT @ b
+
+    @staticmethod
+    def norm(a: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.matrix_norm(a, keepdim=True)
+
+    @staticmethod
+    def addmm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return out.add_(a @ b)
+
+    @staticmethod
+    def rows(a: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        return a[..., start:stop, :]
+
+    @staticmethod
+    def cols(a: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        return a[..., start:stop]
+
+    @staticmethod
+    def cat_cols(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts, dim=-1)
+
+    @staticmethod
+    def blocks(rows: list[list[torch.Tensor]]) -> torch.Tensor:
+        return torch.cat([torch.cat(r, dim=-1) for r in rows], dim=-2)
+
+
+def _geodesic_flow(
+    k, m: torch.Tensor, v: torch.Tensor, time, n: int, p: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The geodesic of [`Stiefel.geodesic`][] for tall ``n x p`` frames, written once with the
+    kernels ``k`` of one layout (`_BatchMajor` or the module
+    [`stacked`][manifold_langevin.manifolds.stacked]); ``time`` is a float or a per-matrix
+    scalar of that layout."""
+    a = k.skew(k.tmm(m, v))
+    if n == p:
+        # square (O(p)): V = T A, the flow is T e^{tA} with V(t) = T(t) A; A is exact, so
+        # V(t) is tangent at the polished T(t) and |V(t)| = |A| = |V| to rounding
+        x_t = k.polish(k.mm(m, k.expm_skew(time * a)))
+        return x_t, k.mm(x_t, a)
+    s = k.sym(k.tmm(v, v))
+    speed = k.norm(v)
+    c = torch.where(speed > 0, speed, 1.0)
+    # with the block M = [[A, -S], [I, A]] and D = diag(I, I/c), c = |V|:
+    # [T, V] e^{tM} = [T, V/c] e^{tM'} diag(I, cI), M' = D^-1 M D = [[A, -S/c], [cI, A]], whose
+    # blocks are of the size of |V|, not |V|^2: the exponential needs fewer squarings
+    block = k.blocks([[a, -s / c], [c * k.identity(p, m), a]])
+    e = k.expm(block.mul_(time))
+    r = k.expm_skew(-time * a)
+    # [T(t), V(t)/c] = [T, V/c] [E_:p r, E_p: r] = T G_top + V (G_bottom / c), G = e [r 0; 0 r]
+    g = k.cat_cols([k.mm(k.cols(e, 0, p), r), k.mm(k.cols(e, p, 2 * p), r)])
+    xv = k.addmm(k.mm(m, k.rows(g, 0, p)), v, k.rows(g, p, 2 * p) / c)
+    v_t = k.cols(xv, p, 2 * p).mul_(c)  # in place before anything reads xv
+    x_t = k.polish(k.cols(xv, 0, p))
+    v_t = v_t - k.mm(x_t, k.sym(k.tmm(x_t, v_t)))
+    # the exact flow conserves |V|; the exponential's truncation error does not (matrix_exp:
+    # a systematic gain of about 2 ulps per step, 0.2% after 10^4 float32 steps), so restore it
+    speed1 = k.norm(v_t)
+    ratio = torch.where(speed1 > 0, speed / speed1.clamp_min(torch.finfo(m.dtype).tiny), 1.0)
+    return x_t, v_t * ratio
 
 
 class Stiefel(ConstrainedManifold):
@@ -523,15 +609,32 @@ class Stiefel(ConstrainedManifold):
         rescaling to $|V(t)| = |V|$: round-off-level corrections that keep float32 from
         drifting over long runs.
 
+        The exponential is taken of the similar block
+        $D^{-1}\mathcal A D = \begin{pmatrix} A & -S/c \\ cI & A \end{pmatrix}$,
+        $D = \mathrm{diag}(I, I/c)$, $c = |V|$, whose blocks are of the size of $|V|$ rather
+        than $|V|^2$ (so $[T, V] e^{t\mathcal A} = [T, V/c]\, e^{tD^{-1}\mathcal A D}
+        \mathrm{diag}(I, cI)$): fewer squarings for the same flow.
+
         Square matrices ($n = p$, the orthogonal group) take the same flow in its short form:
         $V = T A$, $T(t) = T e^{tA}$, $V(t) = T(t) A$. The ``p x p`` skew exponentials are in
         closed form for $p \le 3$ (Rodrigues' formula for SO(3), see
         [`expm_skew`][manifold_langevin.manifolds.frames.expm_skew]).
 
-        Cost: two matrix exponentials (``2p x 2p`` and ``p x p``) and about ten ``N x p x p``
-        products, several times a RATTLE step's cost (measured on the performance page). Note
-        that ``torch.linalg.matrix_exp`` copies its norms to the host
-        on CUDA to choose a Taylor degree: one synchronisation per call, inside torch.
+        Frames of at most three columns (``p <= 3``: SO(2), SO(3), V(n, 2), V(n, 3), ...) are
+        computed with the matrices stored entries first (see
+        [`stacked`][manifold_langevin.manifolds.stacked]): every small product becomes a few
+        multiply-adds vectorised over the chains, and the ``2p x 2p`` exponential is a
+        degree-19 Taylor polynomial with scaling and squaring chosen per matrix on the device
+        ([`stacked.expm`][manifold_langevin.manifolds.stacked.expm]; exact to rounding for
+        $\|tD^{-1}\mathcal A D\|_1 \le 80$, which holds whenever $t|V| \le 23$ since that
+        norm is at most $2\sqrt{p}\, t|V|$: three and a half turns per call). No host
+        synchronisation, also on CUDA, so the sampling loop can be captured in a CUDA graph.
+        Wider frames use torch's batched products and ``torch.linalg.matrix_exp``, which copies
+        its norms to the host on CUDA to choose a Taylor degree (one synchronisation per call,
+        inside torch).
+
+        Cost: a ``2p x 2p`` and a ``p x p`` exponential and about ten ``N x p x p`` products,
+        several times a RATTLE step's cost (measured on the performance page).
 
         Args:
             x: points, shape ``(..., n, k)``.
@@ -543,32 +646,27 @@ class Stiefel(ConstrainedManifold):
         """
         wide = _is_wide(x)
         m, vt = _tall(x, wide), _tall(v, wide)
-        p = m.shape[-1]
+        n, p = m.shape[-2:]
         time = as_time(t, m)
+        shapes = [m.shape[:-2], vt.shape[:-2]]
         if isinstance(time, torch.Tensor):
-            time = time.reshape((*time.shape, 1, 1))
-        a = skew(m.mT @ vt)
-        if m.shape[-2] == p:
-            # square (O(p)): V = T A, the flow is T e^{tA} with V(t) = T(t) A; A is exact, so
-            # V(t) is tangent at the polished T(t) and |V(t)| = |A| = |V| to rounding
-            x_t = polish(m @ expm_skew(time * a))
-            return _tall(x_t, wide), _tall(x_t @ a, wide)
-        s = sym(vt.mT @ vt)
-        eye = identity(p, m).expand_as(a)
-        block = torch.cat([torch.cat([a, -s], dim=-1), torch.cat([eye, a], dim=-1)], dim=-2)
-        e = torch.linalg.matrix_exp(time * block)
-        r = expm_skew(-time * a)
-        mv = torch.cat([m, vt], dim=-1)
-        x_t = mv @ (e[..., :, :p] @ r)
-        v_t = mv @ (e[..., :, p:] @ r)
-        x_t = polish(x_t)
-        v_t = v_t - x_t @ sym(x_t.mT @ v_t)
-        # the exact flow conserves |V|; matrix_exp's truncation error does not (a systematic
-        # gain of about 2 ulps per step, 0.2% after 10^4 float32 steps), so restore it
-        speed0 = torch.linalg.matrix_norm(vt, keepdim=True)
-        speed1 = torch.linalg.matrix_norm(v_t, keepdim=True)
-        ratio = torch.where(speed1 > 0, speed0 / speed1.clamp_min(torch.finfo(m.dtype).tiny), 1.0)
-        return _tall(x_t, wide), _tall(v_t * ratio, wide)
+            shapes.append(time.shape)
+        batch = torch.broadcast_shapes(*shapes)
+        m, vt = m.expand(*batch, n, p), vt.expand(*batch, n, p)
+        if isinstance(time, torch.Tensor):
+            time = time.expand(batch)
+        if p > _STACKED_MAX_P:
+            if isinstance(time, torch.Tensor):
+                time = time[..., None, None]
+            x_t, v_t = _geodesic_flow(_BatchMajor, m, vt, time, n, p)
+        else:
+            if isinstance(time, torch.Tensor):
+                time = time.reshape(-1)
+            x_t, v_t = _geodesic_flow(
+                stacked, stacked.to_stacked(m), stacked.to_stacked(vt), time, n, p
+            )
+            x_t, v_t = stacked.from_stacked(x_t, batch), stacked.from_stacked(v_t, batch)
+        return _tall(x_t, wide), _tall(v_t, wide)
 
     # ------------------------------------------------------------------ geoopt interface
     def projx(self, x: torch.Tensor) -> torch.Tensor:

@@ -316,12 +316,14 @@ def test_geodesic_matches_closed_forms():
     assert torch.allclose(vt, -x * w * torch.sin(0.8 * w) + v * torch.cos(0.8 * w), atol=1e-14)
 
 
-@pytest.mark.parametrize("shape", [(2, 2), (3, 3), (4, 4), (6, 3), (10, 3), (5, 2), (2, 5)])
+@pytest.mark.parametrize(
+    "shape", [(2, 2), (3, 3), (4, 4), (6, 3), (10, 3), (5, 2), (2, 5), (8, 4), (9, 6)]
+)
 @pytest.mark.parametrize("step", [0.01, 1.0, 6.0])
 def test_geodesic_is_the_general_formula(shape, step):
-    """The orthogonal group's short form T e^{tA} and the closed-form p x p exponentials
-    (p <= 3) give the same flow as the general 2p x 2p formula, from tiny to several turns'
-    rotation angles."""
+    """The orthogonal group's short form T e^{tA}, the closed-form p x p exponentials and the
+    stacked layout (p <= 3), and the rescaled block (every p) give the same flow as the general
+    2p x 2p formula, from tiny to several turns' rotation angles."""
     m, x, v = _setup(shape, torch.float64, step=step)
     xt, vt = m.geodesic(x, v, 0.8)
     # the general formula (Edelman, Arias & Smith, eq. 2.14, both exponentials by matrix_exp):
