@@ -177,6 +177,7 @@ def test_stacked_geodesic_is_the_batched_one(monkeypatch, shape, step):
     m = Stiefel()
     x, v = _tangent(m, shape, (3, 4), step, seed=20)
     times = [0.7, -0.35, torch.tensor([[0.0], [0.1], [-1.3]], dtype=torch.float64)]
+    monkeypatch.setattr(stiefel_module, "_STACKED_MIN_MATRICES", 1)
     fast = [m.geodesic(x, v, t) for t in times]
     monkeypatch.setattr(stiefel_module, "_STACKED_MAX_P", 0)
     for t, (xf, vf) in zip(times, fast):
@@ -187,7 +188,8 @@ def test_stacked_geodesic_is_the_batched_one(monkeypatch, shape, step):
         assert torch.allclose(vf, vb, atol=64 * EPS64 * scale**2, rtol=0), (vf - vb).abs().max()
 
 
-def test_stacked_geodesic_broadcasts_and_differentiates():
+def test_stacked_geodesic_broadcasts_and_differentiates(monkeypatch):
+    monkeypatch.setattr(stiefel_module, "_STACKED_MIN_MATRICES", 1)
     m = Stiefel()
     x, v = _tangent(m, (6, 3), (4,), 1.0, seed=30)
     xt, _ = m.geodesic(x[None], v[None], torch.tensor([[0.1], [-0.3]], dtype=torch.float64))
@@ -197,12 +199,51 @@ def test_stacked_geodesic_broadcasts_and_differentiates():
     w = _randn(4, 6, 3, seed=31)
     grads = []
     for max_p in (3, 0):
-        stiefel_module._STACKED_MAX_P, saved = max_p, stiefel_module._STACKED_MAX_P
-        try:
-            u = v.clone().requires_grad_()
-            xt, vt = m.geodesic(x, u, 0.6)
-            ((xt + vt) * w).sum().backward()
-            grads.append(u.grad)
-        finally:
-            stiefel_module._STACKED_MAX_P = saved
+        monkeypatch.setattr(stiefel_module, "_STACKED_MAX_P", max_p)
+        u = v.clone().requires_grad_()
+        xt, vt = m.geodesic(x, u, 0.6)
+        ((xt + vt) * w).sum().backward()
+        grads.append(u.grad)
     assert torch.allclose(grads[0], grads[1], atol=1e-12, rtol=0)
+
+
+def test_the_layout_is_chosen_by_width_count_and_device(monkeypatch):
+    """On CPU the stacked layout from ``_STACKED_MIN_MATRICES`` frames of at most three columns
+    on, the batched one below and for wider frames (seen through the exponential called)."""
+    calls = []
+    real = stacked.expm
+    monkeypatch.setattr(stacked, "expm", lambda x: calls.append(x.shape) or real(x))
+    m = Stiefel()
+    few = stiefel_module._STACKED_MIN_MATRICES - 1
+    for batch, shape, used in [
+        ((few,), (6, 3), False),
+        ((few + 1,), (6, 3), True),
+        ((2, few), (5, 2), True),
+        ((300,), (8, 4), False),
+    ]:
+        calls.clear()
+        x, v = _tangent(m, shape, batch, 0.5, seed=40)
+        m.geodesic(x, v, 0.3)
+        assert bool(calls) == used, (batch, shape)
+
+
+def test_the_geodesic_in_pieces_is_the_geodesic_in_one_piece(monkeypatch):
+    """On CPU the stacked geodesic runs in pieces of ``_STACKED_CHUNK`` matrices; every
+    operation is per matrix, so the numbers are the same bit for bit (a piece shorter than the
+    others at the end, per-matrix times); a gradient through the pieces, to rounding."""
+    monkeypatch.setattr(stiefel_module, "_STACKED_MIN_MATRICES", 1)
+    m = Stiefel()
+    x, v = _tangent(m, (6, 3), (5, 6), 1.0, seed=50)
+    times = torch.linspace(-1.0, 1.0, 30, dtype=torch.float64).reshape(5, 6)
+    whole = [m.geodesic(x, v, t) for t in (0.4, times)]
+    monkeypatch.setattr(stiefel_module, "_STACKED_CHUNK", 7)
+    for t, (xw, vw) in zip((0.4, times), whole):
+        xp, vp = m.geodesic(x, v, t)
+        assert torch.equal(xp, xw) and torch.equal(vp, vw)
+    u = v.clone().requires_grad_()
+    m.geodesic(x, u, times)[0].sum().backward()
+    monkeypatch.setattr(stiefel_module, "_STACKED_CHUNK", 8192)
+    u2 = v.clone().requires_grad_()
+    m.geodesic(x, u2, times)[0].sum().backward()
+    # (the backward's reductions over broadcast dimensions may round by piece size)
+    assert torch.allclose(u.grad, u2.grad, atol=8 * EPS64, rtol=0), (u.grad - u2.grad).abs().max()

@@ -65,6 +65,15 @@ def dtype(request):
     return request.param
 
 
+@pytest.fixture(params=["batched", "stacked"])
+def layout(request, monkeypatch):
+    """The geodesic's two layouts for frames of at most three columns: torch's batched products
+    and matrix_exp (below ``_STACKED_MIN_MATRICES`` matrices on CPU) or the stacked kernels."""
+    minimum = 1 if request.param == "stacked" else 10**9
+    monkeypatch.setattr(stiefel_module, "_STACKED_MIN_MATRICES", minimum)
+    return request.param
+
+
 # ----------------------------------------------------------------------------- points
 def test_random_points_are_orthonormal_in_the_right_direction(shape, dtype):
     m = Stiefel()
@@ -271,7 +280,7 @@ def test_rattle_is_reversible(shape, dtype, h):
 
 
 # ----------------------------------------------------------------------------- geodesic
-def test_geodesic_stays_on_manifold_and_preserves_speed_and_tangency(shape, dtype):
+def test_geodesic_stays_on_manifold_and_preserves_speed_and_tangency(shape, dtype, layout):
     m, x, v = _setup(shape, dtype, step=2.0)
     xt, vt = m.geodesic(x, v, 0.7)
     eps = _eps(dtype)
@@ -287,7 +296,7 @@ def test_geodesic_stays_on_manifold_and_preserves_speed_and_tangency(shape, dtyp
     assert torch.allclose(v0, m.proju(x, v), atol=10 * eps * float(v.abs().max()), rtol=0)
 
 
-def test_geodesic_velocity_and_acceleration_by_finite_differences(shape):
+def test_geodesic_velocity_and_acceleration_by_finite_differences(shape, layout):
     """V(t) is dT/dt, and the acceleration is normal (a geodesic of the EMBEDDED metric)."""
     m, x, v = _setup(shape, torch.float64, step=2.0)
     t, d = 0.6, 1e-4
@@ -301,7 +310,7 @@ def test_geodesic_velocity_and_acceleration_by_finite_differences(shape):
     assert acc.abs().max() > 0.1  # the acceleration itself is not small: it is normal
 
 
-def test_geodesic_matches_closed_forms():
+def test_geodesic_matches_closed_forms(layout):
     """Square: T exp(t Omega) with Omega = T^T V. One column (a sphere): the great circle."""
     m, x, v = _setup((5, 5), torch.float64, step=2.0)
     omega = x.mT @ v
@@ -320,7 +329,7 @@ def test_geodesic_matches_closed_forms():
     "shape", [(2, 2), (3, 3), (4, 4), (6, 3), (10, 3), (5, 2), (2, 5), (8, 4), (9, 6)]
 )
 @pytest.mark.parametrize("step", [0.01, 1.0, 6.0])
-def test_geodesic_is_the_general_formula(shape, step):
+def test_geodesic_is_the_general_formula(shape, step, layout):
     """The orthogonal group's short form T e^{tA}, the closed-form p x p exponentials and the
     stacked layout (p <= 3), and the rescaled block (every p) give the same flow as the general
     2p x 2p formula, from tiny to several turns' rotation angles."""
@@ -354,7 +363,7 @@ def test_expm_skew_matches_matrix_exp(p):
     assert torch.allclose(f32.double(), torch.linalg.matrix_exp(a / norms), atol=1e-6, rtol=0)
 
 
-def test_geodesic_is_reversible_and_a_flow(shape, dtype):
+def test_geodesic_is_reversible_and_a_flow(shape, dtype, layout):
     m, x, v = _setup(shape, dtype, step=1.5)
     tol = 10 * m.tolerance(x)
     xt, vt = m.geodesic(x, v, 0.5)
@@ -367,7 +376,7 @@ def test_geodesic_is_reversible_and_a_flow(shape, dtype):
     assert torch.allclose(xh, xt, atol=tol, rtol=0) and torch.allclose(vh, vt, atol=tol, rtol=0)
 
 
-def test_geodesic_accepts_per_matrix_times():
+def test_geodesic_accepts_per_matrix_times(layout):
     m, x, v = _setup((6, 3), torch.float64, step=1.0, batch=(4,))
     times = torch.tensor([0.0, 0.1, -0.3, 1.2], dtype=torch.float64)
     xt, vt = m.geodesic(x, v, times)
@@ -382,7 +391,7 @@ def test_geodesic_accepts_per_matrix_times():
     assert torch.allclose(xt2[1, 2], xt[2], atol=1e-14)
 
 
-def test_geodesic_is_the_limit_of_rattle(shape):
+def test_geodesic_is_the_limit_of_rattle(shape, layout):
     """K RATTLE steps of h/K approach the geodesic with error O((h/K)^2): halving the sub-step
     divides the error by about 4."""
     m, x, v = _setup(shape, torch.float64, step=1.0)
