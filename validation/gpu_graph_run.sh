@@ -16,6 +16,7 @@ status=0
     python3 -c "import torch, geoopt; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'geoopt', geoopt.__version__)"
     timeout 240 python3 -m pytest -q -p no:cacheprovider -m cuda \
         tests/sampling tests/test_no_sync.py tests/manifolds/test_stiefel.py \
+        tests/manifolds/test_stacked.py \
         tests/optim/test_cuda.py || status=1
     python3 -m validation.bench_cuda --device cuda --budget-s "$budget" --out "$out" || status=1
     exit $status

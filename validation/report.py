@@ -787,7 +787,46 @@ def _side_reading(side: dict) -> str:
         trimer_kernels=kernels("ml_trimer", 4_000),
         trimer_frozen_kernels=kernels("ml_trimer_frozen", 4_000),
         **alternated,
+        **_stiefel_parts(),
     )
+
+
+def _stiefel_parts() -> dict:
+    """Placeholders from ``bench_stiefel_geodesic.json``: the parts of the V(10, 3) step in
+    milliseconds, and the stacked step's time against the batched one's at 1 and 10^4 chains."""
+    path = RESULTS / "bench_stiefel_geodesic.json"
+    keys = {
+        "step_stacked": "step_stacked_ms", "step_batched": "step_batched_ms",
+        "step_general": "step_general_ms", "geo_stacked": "geodesic_stacked_ms",
+        "geo_batched": "geodesic_batched_ms", "expm_stacked": "expm_stacked_ms",
+        "expm_matrix_exp": "expm_matrix_exp_ms", "product_stacked": "product_stacked_ms",
+        "product_bmm": "product_bmm_ms",
+    }  # fmt: skip
+    if not path.exists():
+        out = dict.fromkeys(keys, "?")
+        more = (
+            "parts_chains",
+            "st10_budget",
+            "cross_one",
+            "cross_many",
+            "expm_share",
+            "operand_mb",
+        )
+        return {**out, **dict.fromkeys(more, "?")}
+    result = json.loads(path.read_text())
+    parts = result["parts"]
+    out = {k: f"{parts[v]:.3g}" for k, v in keys.items()}
+    cross = {r["chains"]: r["stacked_over_batched"] for r in result["crossover"]
+             if r["frame"] == "10x3"}  # fmt: skip
+    return {
+        **out,
+        "parts_chains": f"{parts['chains']:,}",
+        "st10_budget": f"{parts['step_general_ms'] / 5:.3g}",
+        "expm_share": f"{100 * parts['expm_stacked_ms'] / parts['geodesic_stacked_ms']:.0f}",
+        "operand_mb": f"{36 * 8 * parts['chains'] / 1e6:.2g}",
+        "cross_one": f"{cross[1]:.2g}" if 1 in cross else "?",
+        "cross_many": f"{cross[10_000]:.2g}" if 10_000 in cross else "?",
+    }
 
 
 def _shake_iterations() -> dict:

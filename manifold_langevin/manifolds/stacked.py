@@ -43,7 +43,8 @@ __all__ = [
 ]
 
 #: Degree of the Taylor polynomial of `expm`, evaluated by Paterson and Stockmeyer's scheme in
-#: blocks of four powers: ``X^2, X^3, X^4`` and four Horner steps in ``X^4``, 7 products.
+#: blocks of four powers: ``X^2, X^3, X^4`` and four Horner steps in ``X^4``, 7 products (the
+#: scheme needs a degree ``4q + 3``).
 EXPM_DEGREE = 19
 #: 1-norm up to which that polynomial is the exponential to float64 rounding: for
 #: ``|X|_1 <= theta`` the neglected terms sum to at most ``theta^20 / 20! (1 + theta / 21 + ...)
@@ -153,8 +154,8 @@ def polish(t: torch.Tensor) -> torch.Tensor:
     layout's ``frames.polish``)."""
     g = sym(tmm(t, t))
     g.diagonal(0, 0, 1).sub_(1.0)
-    # t - (t g) / 2 written as t + t (-g / 2): the same numbers (halving is exact), one
-    # temporary fewer
+    # t - (t g) / 2 written as t + t (-g / 2): the same numbers (halving and negating are
+    # exact), one temporary fewer
     return mm(t, g.mul_(-0.5)).add_(t)
 
 

@@ -117,10 +117,11 @@ def _tall(x: torch.Tensor, wide: bool) -> torch.Tensor:
 #: and SO(3) (see the performance page).
 _STACKED_MAX_P = 3
 #: ... and on CPU only from this many matrices on: the stacked geodesic launches about 150
-#: kernels where the batched one launches 30, which costs more than it saves below. BAOAB on
-#: V(10, 3), float64, one thread, stacked against batched step time: 2.4x at 1 chain, 1.2x at
-#: 150, 0.97x at 250, 0.74x at 400, 0.52x at 10^4. Off the CPU the stacked layout is always
-#: taken: it has no host synchronisation (matrix_exp has one).
+#: kernels where the batched one launches 30, which costs more than it saves below. BAOAB step,
+#: float64, one thread, stacked against batched time (``python -m
+#: validation.bench_stiefel_geodesic``): V(10, 3) 2.45x at 1 chain, 1.20x at 150, 0.98x at 250,
+#: 0.78x at 400, 0.49x at 10^4; SO(3) 1.29x, 1.16x, 1.05x, 0.97x, 0.79x. Off the CPU the stacked
+#: layout is always taken: it has no host synchronisation (matrix_exp has one).
 _STACKED_MIN_MATRICES = 256
 #: On CPU the stacked geodesic runs in pieces of this many matrices, so that its temporaries
 #: stay in the caches: V(10, 3) geodesic, float64, one thread, 10^5 matrices: 482 ms in one

@@ -247,3 +247,23 @@ def test_the_geodesic_in_pieces_is_the_geodesic_in_one_piece(monkeypatch):
     m.geodesic(x, u2, times)[0].sum().backward()
     # (the backward's reductions over broadcast dimensions may round by piece size)
     assert torch.allclose(u.grad, u2.grad, atol=8 * EPS64, rtol=0), (u.grad - u2.grad).abs().max()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_stacked_geodesic_on_cuda_is_sync_free_and_matches_the_cpu():
+    """Off the CPU the stacked layout is taken at any count: no host synchronisation (the
+    batched layout's matrix_exp has one), the CPU's numbers to rounding."""
+    m = Stiefel()
+    x, v = _tangent(m, (10, 3), (40,), 3.0, seed=60)
+    xc, vc = x.cuda(), v.cuda()
+    m.geodesic(xc, vc, 0.3)  # warm-up (kernel loading)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        xt, vt = m.geodesic(xc, vc, 0.3)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    xr, vr = m.geodesic(x, v, 0.3)
+    assert torch.allclose(xt.cpu(), xr, atol=64 * EPS64, rtol=0)
+    assert torch.allclose(vt.cpu(), vr, atol=64 * EPS64 * 9, rtol=0)

@@ -119,6 +119,14 @@ def _overdamped(device):
     return sampler, x0.to(device), {"x00": lambda x: x[..., 0, 0]}
 
 
+def _stiefel_geodesic(device):
+    # BAOAB along the exact geodesic of 6 x 2 frames: on CUDA the stacked exponential, built on
+    # the device (torch.linalg.matrix_exp would read its norms on the host and not be captured)
+    sampler = ml.Langevin(ml.Stiefel(), potential=lambda x: -x[..., 0, 0], step_size=0.2)
+    x0 = ml.Stiefel().random(32, 6, 2, dtype=DT, generator=torch.Generator().manual_seed(5))
+    return sampler, x0.to(device), {"x00": lambda x: x[..., 0, 0]}
+
+
 #: name -> (make, sample's keywords)
 CASES = {
     # burn-in, thinning, batches of unequal length, traces thinned (stride 2)
@@ -129,6 +137,7 @@ CASES = {
     # the Metropolis outcomes counted after burn-in only (two settings of the same step)
     "hmc_burn_in": (_hmc_fixed, dict(n_steps=40, burn_in=9, thin=2, n_batches=2)),
     "overdamped": (_overdamped, dict(n_steps=30, thin=2, n_batches=3)),
+    "stiefel_geodesic": (_stiefel_geodesic, dict(n_steps=30, burn_in=5, n_batches=3)),
 }
 
 

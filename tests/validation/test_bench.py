@@ -259,6 +259,19 @@ def test_bench_short_sums_quick_run(tmp_path):
     assert all(r[k] > 0 for r in result["bond_rows"] for k in bond_keys)
 
 
+def test_bench_stiefel_geodesic_quick_run(tmp_path):
+    """``validation/bench_stiefel_geodesic.py --quick``: every part and both layouts timed."""
+    from validation import bench_stiefel_geodesic
+
+    assert bench_stiefel_geodesic.main(["--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "quick" / "bench_stiefel_geodesic.json").read_text())
+    parts = result["parts"]
+    for key in ("expm_stacked_ms", "geodesic_batched_ms", "step_general_ms", "so3_step_stacked_ms"):
+        assert parts[key] > 0, key
+    assert {r["frame"] for r in result["crossover"]} == {"10x3", "3x3"}
+    assert all(r["stacked_ms"] > 0 and r["batched_ms"] > 0 for r in result["crossover"])
+
+
 def test_implicit_reach_quick_run(tmp_path):
     """``validation/implicit_reach.py --quick``: within the same budget Newton's SHAKE reaches
     at least as far as the quasi-Newton one, and that one at least as far as the frozen old-point
