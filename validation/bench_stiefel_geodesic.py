@@ -3,7 +3,8 @@ other.
 
 The exact geodesic of frames with at most three columns (SO(3), V(10, 3), ...) runs in the
 entries-first layout of ``manifold_langevin.manifolds.stacked`` from
-``stiefel._STACKED_MIN_MATRICES`` matrices on (CPU), in torch's batched layout with
+``stiefel._STACKED_MIN_MATRICES`` matrices on (``_STACKED_MIN_SQUARE`` square ones; CPU), in
+torch's batched layout with
 ``torch.linalg.matrix_exp`` below. This script times, on one CPU thread, in one process:
 
 - ``parts``: at ``--chains`` V(10, 3) frames, one ``6 x 6`` product of the stacked layout against
@@ -12,10 +13,10 @@ entries-first layout of ``manifold_langevin.manifolds.stacked`` from
   step (two geodesics) in each layout and with the general-formula geodesic of the benchmarks;
   also SO(3)'s step in both layouts;
 - ``crossover``: the V(10, 3) and SO(3) BAOAB steps in both layouts against the number of
-  chains (the measurement behind ``_STACKED_MIN_MATRICES``).
+  chains (the measurement behind those two thresholds).
 
 Every timing rotates the contenders within each repetition and reports the median. The
-layouts are chosen by setting ``_STACKED_MIN_MATRICES`` (the library's own switch).
+layouts are chosen by setting those thresholds (the library's own switches).
 
 Run ``python -m validation.bench_stiefel_geodesic [--quick]``; writes
 ``bench_stiefel_geodesic.json`` to ``--out`` (default ``validation/results``; ``--quick``:
@@ -55,12 +56,15 @@ def _steps(chains: int) -> int:
 @contextlib.contextmanager
 def layout(name: str) -> Iterator[None]:
     """Force the geodesic's layout: ``"stacked"`` (any count) or ``"batched"``."""
-    saved = stiefel_module._STACKED_MIN_MATRICES
-    stiefel_module._STACKED_MIN_MATRICES = 1 if name == "stacked" else 10**12
+    names = ("_STACKED_MIN_MATRICES", "_STACKED_MIN_SQUARE")
+    saved = [getattr(stiefel_module, k) for k in names]
+    for k in names:
+        setattr(stiefel_module, k, 1 if name == "stacked" else 10**12)
     try:
         yield
     finally:
-        stiefel_module._STACKED_MIN_MATRICES = saved
+        for k, v in zip(names, saved):
+            setattr(stiefel_module, k, v)
 
 
 def rotate(contenders: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
@@ -151,6 +155,7 @@ def run(quick: bool = False) -> dict:
         "quick": quick,
         "environment": environment(torch.device("cpu")),
         "stacked_min_matrices": stiefel_module._STACKED_MIN_MATRICES,
+        "stacked_min_square": stiefel_module._STACKED_MIN_SQUARE,
         "parts": parts(s["chains"], s["reps"]),
         "crossover": crossover(s["crossover"], s["reps"]),
     }

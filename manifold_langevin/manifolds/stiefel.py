@@ -116,13 +116,15 @@ def _tall(x: torch.Tensor, wide: bool) -> torch.Tensor:
 #: ``torch.linalg.matrix_exp``. Measured by ``python -m validation.bench_sampler``: V(10, 3)
 #: and SO(3) (see the performance page).
 _STACKED_MAX_P = 3
-#: ... and on CPU only from this many matrices on: the stacked geodesic launches about 150
-#: kernels where the batched one launches 30, which costs more than it saves below. BAOAB step,
-#: float64, one thread, stacked against batched time (``python -m
-#: validation.bench_stiefel_geodesic``): V(10, 3) 2.45x at 1 chain, 1.20x at 150, 0.98x at 250,
-#: 0.78x at 400, 0.49x at 10^4; SO(3) 1.29x, 1.16x, 1.05x, 0.97x, 0.79x. Off the CPU the stacked
-#: layout is always taken: it has no host synchronisation (matrix_exp has one).
+#: ... and on CPU only from this many matrices on (tall and wide frames; square ones from
+#: `_STACKED_MIN_SQUARE`): the stacked geodesic launches about 150 kernels where the batched one
+#: launches 30, which costs more than it saves below. BAOAB step, float64, one thread, stacked
+#: against batched time (``python -m validation.bench_stiefel_geodesic``): V(10, 3) 2.46x at
+#: 1 chain, 1.20x at 150, 0.97x at 250, 0.78x at 400, 0.54x at 10^4; SO(3) 1.30x, 1.13x, 1.05x,
+#: 0.97x, 0.78x. Off the CPU the stacked layout is always taken: it has no host
+#: synchronisation (matrix_exp has one).
 _STACKED_MIN_MATRICES = 256
+_STACKED_MIN_SQUARE = 384
 #: On CPU the stacked geodesic runs in pieces of this many matrices, so that its temporaries
 #: stay in the caches: V(10, 3) geodesic, float64, one thread, 10^5 matrices: 482 ms in one
 #: piece, 243 ms in pieces of 8192 (4096: 249 ms, 2048: 310 ms); at 10^4 one piece (24 ms)
@@ -662,7 +664,8 @@ class Stiefel(ConstrainedManifold):
         [`expm_skew`][manifold_langevin.manifolds.frames.expm_skew]).
 
         Frames of at most three columns (``p <= 3``: SO(2), SO(3), V(n, 2), V(n, 3), ...),
-        from 256 matrices on (CPU) or at any count (other devices), are computed with the
+        from 256 matrices on (384 square ones; CPU) or at any count (other devices), are
+        computed with the
         matrices stored entries first (see
         [`stacked`][manifold_langevin.manifolds.stacked]): every small product becomes a few
         multiply-adds vectorised over the chains, and the ``2p x 2p`` exponential is a
@@ -701,7 +704,8 @@ class Stiefel(ConstrainedManifold):
             time = time.expand(batch)
         matrices = math.prod(batch)
         on_cpu = m.device.type == "cpu"
-        if p > _STACKED_MAX_P or (on_cpu and matrices < _STACKED_MIN_MATRICES):
+        minimum = _STACKED_MIN_SQUARE if n == p else _STACKED_MIN_MATRICES
+        if p > _STACKED_MAX_P or (on_cpu and matrices < minimum):
             if isinstance(time, torch.Tensor):
                 time = time[..., None, None]
             x_t, v_t = _geodesic_flow(_BatchMajor, m, vt, time, n, p)

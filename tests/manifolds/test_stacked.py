@@ -162,6 +162,11 @@ def test_expm_in_float32_and_under_autograd():
 
 
 # ----------------------------------------------------------------------------- the geodesic
+def _always_stacked(monkeypatch):
+    monkeypatch.setattr(stiefel_module, "_STACKED_MIN_MATRICES", 1)
+    monkeypatch.setattr(stiefel_module, "_STACKED_MIN_SQUARE", 1)
+
+
 def _tangent(m, shape, batch, step, seed):
     x = m.random(*batch, *shape, dtype=torch.float64, generator=_gen(seed))
     v = m.proju(x, _randn(*batch, *shape, seed=seed + 1))
@@ -177,7 +182,7 @@ def test_stacked_geodesic_is_the_batched_one(monkeypatch, shape, step):
     m = Stiefel()
     x, v = _tangent(m, shape, (3, 4), step, seed=20)
     times = [0.7, -0.35, torch.tensor([[0.0], [0.1], [-1.3]], dtype=torch.float64)]
-    monkeypatch.setattr(stiefel_module, "_STACKED_MIN_MATRICES", 1)
+    _always_stacked(monkeypatch)
     fast = [m.geodesic(x, v, t) for t in times]
     monkeypatch.setattr(stiefel_module, "_STACKED_MAX_P", 0)
     for t, (xf, vf) in zip(times, fast):
@@ -189,7 +194,7 @@ def test_stacked_geodesic_is_the_batched_one(monkeypatch, shape, step):
 
 
 def test_stacked_geodesic_broadcasts_and_differentiates(monkeypatch):
-    monkeypatch.setattr(stiefel_module, "_STACKED_MIN_MATRICES", 1)
+    _always_stacked(monkeypatch)
     m = Stiefel()
     x, v = _tangent(m, (6, 3), (4,), 1.0, seed=30)
     xt, _ = m.geodesic(x[None], v[None], torch.tensor([[0.1], [-0.3]], dtype=torch.float64))
@@ -209,17 +214,21 @@ def test_stacked_geodesic_broadcasts_and_differentiates(monkeypatch):
 
 def test_the_layout_is_chosen_by_width_count_and_device(monkeypatch):
     """On CPU the stacked layout from ``_STACKED_MIN_MATRICES`` frames of at most three columns
-    on, the batched one below and for wider frames (seen through the exponential called)."""
+    on (square ones: ``_STACKED_MIN_SQUARE``), the batched one below and for wider frames (seen
+    through the products called: the stacked layout's, or torch's batched ones)."""
     calls = []
-    real = stacked.expm
-    monkeypatch.setattr(stacked, "expm", lambda x: calls.append(x.shape) or real(x))
+    real = stacked.mm
+    monkeypatch.setattr(stacked, "mm", lambda *a, **k: calls.append(1) or real(*a, **k))
     m = Stiefel()
     few = stiefel_module._STACKED_MIN_MATRICES - 1
+    few_square = stiefel_module._STACKED_MIN_SQUARE - 1
     for batch, shape, used in [
         ((few,), (6, 3), False),
         ((few + 1,), (6, 3), True),
         ((2, few), (5, 2), True),
         ((300,), (8, 4), False),
+        ((few_square,), (3, 3), False),
+        ((few_square + 1,), (3, 3), True),
     ]:
         calls.clear()
         x, v = _tangent(m, shape, batch, 0.5, seed=40)
@@ -231,7 +240,7 @@ def test_the_geodesic_in_pieces_is_the_geodesic_in_one_piece(monkeypatch):
     """On CPU the stacked geodesic runs in pieces of ``_STACKED_CHUNK`` matrices; every
     operation is per matrix, so the numbers are the same bit for bit (a piece shorter than the
     others at the end, per-matrix times); a gradient through the pieces, to rounding."""
-    monkeypatch.setattr(stiefel_module, "_STACKED_MIN_MATRICES", 1)
+    _always_stacked(monkeypatch)
     m = Stiefel()
     x, v = _tangent(m, (6, 3), (5, 6), 1.0, seed=50)
     times = torch.linspace(-1.0, 1.0, 30, dtype=torch.float64).reshape(5, 6)

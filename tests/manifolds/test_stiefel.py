@@ -71,6 +71,7 @@ def layout(request, monkeypatch):
     and matrix_exp (below ``_STACKED_MIN_MATRICES`` matrices on CPU) or the stacked kernels."""
     minimum = 1 if request.param == "stacked" else 10**9
     monkeypatch.setattr(stiefel_module, "_STACKED_MIN_MATRICES", minimum)
+    monkeypatch.setattr(stiefel_module, "_STACKED_MIN_SQUARE", minimum)
     return request.param
 
 
