@@ -13,7 +13,9 @@ torch's batched layout with
   step (two geodesics) in each layout and with the general-formula geodesic of the benchmarks;
   also SO(3)'s step in both layouts;
 - ``crossover``: the V(10, 3) and SO(3) BAOAB steps in both layouts against the number of
-  chains (the measurement behind those two thresholds).
+  chains (the measurement behind those two thresholds);
+- ``pieces``: the stacked geodesic of many frames in one piece and in pieces of a few sizes
+  (the measurement behind ``stiefel._STACKED_CHUNK``).
 
 Every timing rotates the contenders within each repetition and reports the median. The
 layouts are chosen by setting those thresholds (the library's own switches).
@@ -43,8 +45,13 @@ from validation import sampler_peers as peers
 from validation.bench_optim import environment
 
 SETTINGS = {
-    "full": {"chains": 10_000, "reps": 9, "crossover": [1, 30, 100, 150, 250, 400, 1_000, 10_000]},
-    "quick": {"chains": 300, "reps": 2, "crossover": [1, 300]},
+    "full": {
+        "chains": 10_000,
+        "reps": 9,
+        "crossover": [1, 30, 100, 150, 250, 400, 1_000, 10_000],
+        "pieces": (100_000, [2048, 4096, 8192, None]),
+    },
+    "quick": {"chains": 300, "reps": 2, "crossover": [1, 300], "pieces": (600, [256, None])},
 }
 
 
@@ -147,6 +154,29 @@ def crossover(counts: list[int], reps: int) -> list[dict]:
     return rows
 
 
+def pieces(count: int, sizes: list[int | None], reps: int) -> list[dict]:
+    """The stacked geodesic of ``count`` V(10, 3) and SO(3) frames with ``_STACKED_CHUNK`` set
+    to each size (``None``: one piece); milliseconds per call."""
+    rows = []
+    for n, p in [(10, 3), (3, 3)]:
+        m, x, v = _frames(count, n, p, step=21**0.5)
+
+        def call(size, m=m, x=x, v=v):
+            saved = stiefel_module._STACKED_CHUNK
+            stiefel_module._STACKED_CHUNK = count if size is None else size
+            try:
+                with layout("stacked"):
+                    return m.geodesic(x, v, 0.025)
+            finally:
+                stiefel_module._STACKED_CHUNK = saved
+
+        ms = rotate({str(k): (lambda k=k: call(k)) for k in sizes}, reps)
+        for k in sizes:
+            rows.append({"frame": f"{n}x{p}", "matrices": count, "piece": k or count,
+                         "geodesic_ms": 1e3 * ms[str(k)]})  # fmt: skip
+    return rows
+
+
 def run(quick: bool = False) -> dict:
     mode = "quick" if quick else "full"
     s = SETTINGS[mode]
@@ -158,6 +188,7 @@ def run(quick: bool = False) -> dict:
         "stacked_min_square": stiefel_module._STACKED_MIN_SQUARE,
         "parts": parts(s["chains"], s["reps"]),
         "crossover": crossover(s["crossover"], s["reps"]),
+        "pieces": pieces(*s["pieces"], reps=max(2, s["reps"] // 2)),
     }
 
 
@@ -187,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r['frame']:5s} {r['chains']:6d} chains: stacked {r['stacked_ms']:8.3f} ms, batched "
             f"{r['batched_ms']:8.3f} ms per step ({r['stacked_over_batched']:.2f}x)"
+        )
+    for r in result["pieces"]:
+        print(
+            f"{r['frame']:5s} {r['matrices']} frames in pieces of {r['piece']:6d}: geodesic "
+            f"{r['geodesic_ms']:8.2f} ms"
         )
     return 0
 

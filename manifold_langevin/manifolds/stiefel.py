@@ -119,16 +119,16 @@ _STACKED_MAX_P = 3
 #: ... and on CPU only from this many matrices on (tall and wide frames; square ones from
 #: `_STACKED_MIN_SQUARE`): the stacked geodesic launches about 150 kernels where the batched one
 #: launches 30, which costs more than it saves below. BAOAB step, float64, one thread, stacked
-#: against batched time (``python -m validation.bench_stiefel_geodesic``): V(10, 3) 2.46x at
-#: 1 chain, 1.20x at 150, 0.97x at 250, 0.78x at 400, 0.54x at 10^4; SO(3) 1.30x, 1.13x, 1.05x,
-#: 0.97x, 0.78x. Off the CPU the stacked layout is always taken: it has no host
+#: against batched time (``python -m validation.bench_stiefel_geodesic``): V(10, 3) 2.51x at
+#: 1 chain, 1.26x at 150, 0.98x at 250, 0.80x at 400, 0.46x at 10^4; SO(3) 1.29x, 1.14x, 1.05x,
+#: 0.98x, 0.77x. Off the CPU the stacked layout is always taken: it has no host
 #: synchronisation (matrix_exp has one).
 _STACKED_MIN_MATRICES = 256
 _STACKED_MIN_SQUARE = 384
 #: On CPU the stacked geodesic runs in pieces of this many matrices, so that its temporaries
-#: stay in the caches: V(10, 3) geodesic, float64, one thread, 10^5 matrices: 482 ms in one
-#: piece, 243 ms in pieces of 8192 (4096: 249 ms, 2048: 310 ms); at 10^4 one piece (24 ms)
-#: and pieces of 4096 (27 ms) are alike. SO(3), 10^5: 19.9 ms against 18.6 ms.
+#: stay in the caches (``python -m validation.bench_stiefel_geodesic``, float64, one thread,
+#: 10^5 matrices): V(10, 3) 461 ms in one piece, 225 ms in pieces of 8192 (4096: 229 ms, 2048:
+#: 268 ms); SO(3) 17.0 ms in one piece, 17.6 ms in pieces of 8192.
 _STACKED_CHUNK = 8192
 
 

@@ -270,6 +270,9 @@ def test_bench_stiefel_geodesic_quick_run(tmp_path):
         assert parts[key] > 0, key
     assert {r["frame"] for r in result["crossover"]} == {"10x3", "3x3"}
     assert all(r["stacked_ms"] > 0 and r["batched_ms"] > 0 for r in result["crossover"])
+    assert {(r["frame"], r["piece"]) for r in result["pieces"]} == {
+        (f, k) for f in ("10x3", "3x3") for k in (256, 600)
+    }
 
 
 def test_implicit_reach_quick_run(tmp_path):
