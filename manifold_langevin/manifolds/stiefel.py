@@ -117,8 +117,8 @@ def _tall(x: torch.Tensor, wide: bool) -> torch.Tensor:
 #: and SO(3) (see the performance page).
 _STACKED_MAX_P = 3
 #: ... and on CPU only from this many matrices on (tall and wide frames; square ones from
-#: `_STACKED_MIN_SQUARE`): the stacked geodesic launches about 150 kernels where the batched one
-#: launches 30, which costs more than it saves below. BAOAB step, float64, one thread, stacked
+#: `_STACKED_MIN_SQUARE`): the stacked geodesic launches several times as many kernels as the
+#: batched one, which costs more than it saves below. BAOAB step, float64, one thread, stacked
 #: against batched time (``python -m validation.bench_stiefel_geodesic``): V(10, 3) 2.51x at
 #: 1 chain, 1.26x at 150, 0.98x at 250, 0.80x at 400, 0.46x at 10^4; SO(3) 1.29x, 1.14x, 1.05x,
 #: 0.98x, 0.77x. Off the CPU the stacked layout is always taken: it has no host
