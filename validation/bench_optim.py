@@ -645,6 +645,26 @@ TARGETS = (
 )  # fmt: skip
 
 
+def cpu_bench_cli(
+    argv: list[str] | None, doc: str, stem: str, run: Callable[[bool], dict], quick_help: str
+) -> dict:
+    """The command line of a CPU micro-benchmark: ``--quick``, ``--threads`` (default 1; 0
+    leaves torch's count) and ``--out`` (default ``validation/results``). Runs ``run(quick)``,
+    writes ``<out>/<stem>.json`` (``<out>/quick/`` with ``--quick``) and returns the result."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args.quick)
+    out = args.out / "quick" if args.quick else args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 def environment(device: torch.device) -> dict:
     """Versions, device, threads and load average: the context a timing needs (also used by
     ``bench_sampler``)."""

@@ -25,14 +25,10 @@ numbers are not meaningful).
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import torch
 
 from manifold_langevin.integrators.base import chain_minor
-from validation.bench_optim import environment, median_ms
+from validation.bench_optim import cpu_bench_cli, environment, median_ms
 
 SHAPES = {"full": [(10_000, 3), (100_000, 3), (10_000, 9)], "quick": [(1_000, 3)]}
 #: (chains, atoms) of the sums over each atom's three coordinates
@@ -133,17 +129,9 @@ def bond_rows(mode: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="one small shape, a few repetitions")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = run(args.quick)
-    out = args.out / "quick" if args.quick else args.out
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_short_sums.json").write_text(json.dumps(result, indent=1) + "\n")
+    result = cpu_bench_cli(
+        argv, __doc__, "bench_short_sums", run, "one small shape, a few repetitions"
+    )
     for r in result["rows"]:
         print(
             f"{r['dtype']:8s} {r['rows']:7d} x {r['n']}: sum(-1) {r['sum_us']:8.1f} us, "

@@ -3,9 +3,9 @@ other.
 
 The exact geodesic of frames with at most three columns (SO(3), V(10, 3), ...) runs in the
 entries-first layout of ``manifold_langevin.manifolds.stacked`` from
-``stiefel._STACKED_MIN_MATRICES`` matrices on (``_STACKED_MIN_SQUARE`` square ones; CPU), in
-torch's batched layout with
-``torch.linalg.matrix_exp`` below. This script times, on one CPU thread, in one process:
+``stiefel_geodesic._STACKED_MIN_MATRICES`` matrices on (``_STACKED_MIN_SQUARE`` square ones;
+CPU), in torch's batched layout with ``torch.linalg.matrix_exp`` below. This script times, on
+one CPU thread, in one process:
 
 - ``parts``: at ``--chains`` V(10, 3) frames, one ``6 x 6`` product of the stacked layout against
   ``torch.bmm``, the ``6 x 6`` exponential (``stacked.expm`` against ``torch.linalg.matrix_exp``,
@@ -15,7 +15,7 @@ torch's batched layout with
 - ``crossover``: the V(10, 3) and SO(3) BAOAB steps in both layouts against the number of
   chains (the measurement behind those two thresholds);
 - ``pieces``: the stacked geodesic of many frames in one piece and in pieces of a few sizes
-  (the measurement behind ``stiefel._STACKED_CHUNK``).
+  (the measurement behind ``stiefel_geodesic._STACKED_CHUNK``).
 
 Every timing rotates the contenders within each repetition and reports the median. The
 layouts are chosen by setting those thresholds (the library's own switches).
@@ -27,22 +27,19 @@ Run ``python -m validation.bench_stiefel_geodesic [--quick]``; writes
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
-import json
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import torch
 
 from manifold_langevin.manifolds import stacked
-from manifold_langevin.manifolds import stiefel as stiefel_module
+from manifold_langevin.manifolds import stiefel_geodesic as geodesic_module
 from manifold_langevin.manifolds.stiefel import Stiefel
 from validation import sampler_peers as peers
-from validation.bench_optim import environment
+from validation.bench_optim import cpu_bench_cli, environment
 
 SETTINGS = {
     "full": {
@@ -64,14 +61,14 @@ def _steps(chains: int) -> int:
 def layout(name: str) -> Iterator[None]:
     """Force the geodesic's layout: ``"stacked"`` (any count) or ``"batched"``."""
     names = ("_STACKED_MIN_MATRICES", "_STACKED_MIN_SQUARE")
-    saved = [getattr(stiefel_module, k) for k in names]
+    saved = [getattr(geodesic_module, k) for k in names]
     for k in names:
-        setattr(stiefel_module, k, 1 if name == "stacked" else 10**12)
+        setattr(geodesic_module, k, 1 if name == "stacked" else 10**12)
     try:
         yield
     finally:
         for k, v in zip(names, saved):
-            setattr(stiefel_module, k, v)
+            setattr(geodesic_module, k, v)
 
 
 def rotate(contenders: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
@@ -162,13 +159,13 @@ def pieces(count: int, sizes: list[int | None], reps: int) -> list[dict]:
         m, x, v = _frames(count, n, p, step=21**0.5)
 
         def call(size, m=m, x=x, v=v):
-            saved = stiefel_module._STACKED_CHUNK
-            stiefel_module._STACKED_CHUNK = count if size is None else size
+            saved = geodesic_module._STACKED_CHUNK
+            geodesic_module._STACKED_CHUNK = count if size is None else size
             try:
                 with layout("stacked"):
                     return m.geodesic(x, v, 0.025)
             finally:
-                stiefel_module._STACKED_CHUNK = saved
+                geodesic_module._STACKED_CHUNK = saved
 
         ms = rotate({str(k): (lambda k=k: call(k)) for k in sizes}, reps)
         for k in sizes:
@@ -184,8 +181,8 @@ def run(quick: bool = False) -> dict:
         "benchmark": "bench_stiefel_geodesic",
         "quick": quick,
         "environment": environment(torch.device("cpu")),
-        "stacked_min_matrices": stiefel_module._STACKED_MIN_MATRICES,
-        "stacked_min_square": stiefel_module._STACKED_MIN_SQUARE,
+        "stacked_min_matrices": geodesic_module._STACKED_MIN_MATRICES,
+        "stacked_min_square": geodesic_module._STACKED_MIN_SQUARE,
         "parts": parts(s["chains"], s["reps"]),
         "crossover": crossover(s["crossover"], s["reps"]),
         "pieces": pieces(*s["pieces"], reps=max(2, s["reps"] // 2)),
@@ -193,17 +190,9 @@ def run(quick: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes, two repetitions")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = run(args.quick)
-    out = args.out / "quick" if args.quick else args.out
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_stiefel_geodesic.json").write_text(json.dumps(result, indent=1) + "\n")
+    result = cpu_bench_cli(
+        argv, __doc__, "bench_stiefel_geodesic", run, "small sizes, two repetitions"
+    )
     p = result["parts"]
     print(
         f"{p['chains']} V(10, 3) frames, ms: 6x6 product {p['product_stacked_ms']:.2f} stacked / "

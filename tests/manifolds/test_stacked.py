@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from manifold_langevin.manifolds import frames, stacked
-from manifold_langevin.manifolds import stiefel as stiefel_module
+from manifold_langevin.manifolds import stiefel_geodesic as geodesic_module
 from manifold_langevin.manifolds.stiefel import Stiefel
 
 EPS64 = torch.finfo(torch.float64).eps
@@ -163,8 +163,8 @@ def test_expm_in_float32_and_under_autograd():
 
 # ----------------------------------------------------------------------------- the geodesic
 def _always_stacked(monkeypatch):
-    monkeypatch.setattr(stiefel_module, "_STACKED_MIN_MATRICES", 1)
-    monkeypatch.setattr(stiefel_module, "_STACKED_MIN_SQUARE", 1)
+    monkeypatch.setattr(geodesic_module, "_STACKED_MIN_MATRICES", 1)
+    monkeypatch.setattr(geodesic_module, "_STACKED_MIN_SQUARE", 1)
 
 
 def _tangent(m, shape, batch, step, seed):
@@ -184,7 +184,7 @@ def test_stacked_geodesic_is_the_batched_one(monkeypatch, shape, step):
     times = [0.7, -0.35, torch.tensor([[0.0], [0.1], [-1.3]], dtype=torch.float64)]
     _always_stacked(monkeypatch)
     fast = [m.geodesic(x, v, t) for t in times]
-    monkeypatch.setattr(stiefel_module, "_STACKED_MAX_P", 0)
+    monkeypatch.setattr(geodesic_module, "_STACKED_MAX_P", 0)
     for t, (xf, vf) in zip(times, fast):
         xb, vb = m.geodesic(x, v, t)
         assert xf.shape == xb.shape == (3, 4, *shape)
@@ -204,7 +204,7 @@ def test_stacked_geodesic_broadcasts_and_differentiates(monkeypatch):
     w = _randn(4, 6, 3, seed=31)
     grads = []
     for max_p in (3, 0):
-        monkeypatch.setattr(stiefel_module, "_STACKED_MAX_P", max_p)
+        monkeypatch.setattr(geodesic_module, "_STACKED_MAX_P", max_p)
         u = v.clone().requires_grad_()
         xt, vt = m.geodesic(x, u, 0.6)
         ((xt + vt) * w).sum().backward()
@@ -220,8 +220,8 @@ def test_the_layout_is_chosen_by_width_count_and_device(monkeypatch):
     real = stacked.mm
     monkeypatch.setattr(stacked, "mm", lambda *a, **k: calls.append(1) or real(*a, **k))
     m = Stiefel()
-    few = stiefel_module._STACKED_MIN_MATRICES - 1
-    few_square = stiefel_module._STACKED_MIN_SQUARE - 1
+    few = geodesic_module._STACKED_MIN_MATRICES - 1
+    few_square = geodesic_module._STACKED_MIN_SQUARE - 1
     for batch, shape, used in [
         ((few,), (6, 3), False),
         ((few + 1,), (6, 3), True),
@@ -245,13 +245,13 @@ def test_the_geodesic_in_pieces_is_the_geodesic_in_one_piece(monkeypatch):
     x, v = _tangent(m, (6, 3), (5, 6), 1.0, seed=50)
     times = torch.linspace(-1.0, 1.0, 30, dtype=torch.float64).reshape(5, 6)
     whole = [m.geodesic(x, v, t) for t in (0.4, times)]
-    monkeypatch.setattr(stiefel_module, "_STACKED_CHUNK", 7)
+    monkeypatch.setattr(geodesic_module, "_STACKED_CHUNK", 7)
     for t, (xw, vw) in zip((0.4, times), whole):
         xp, vp = m.geodesic(x, v, t)
         assert torch.equal(xp, xw) and torch.equal(vp, vw)
     u = v.clone().requires_grad_()
     m.geodesic(x, u, times)[0].sum().backward()
-    monkeypatch.setattr(stiefel_module, "_STACKED_CHUNK", 8192)
+    monkeypatch.setattr(geodesic_module, "_STACKED_CHUNK", 8192)
     u2 = v.clone().requires_grad_()
     m.geodesic(x, u2, times)[0].sum().backward()
     # (the backward's reductions over broadcast dimensions may round by piece size)

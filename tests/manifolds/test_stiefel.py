@@ -17,7 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from manifold_langevin.manifolds import frames
+from manifold_langevin.manifolds import frames, stiefel_geodesic
 from manifold_langevin.manifolds import stiefel as stiefel_module
 from manifold_langevin.manifolds.stiefel import Stiefel
 from validation.sampler_peers import GeneralFormulaStiefel
@@ -70,8 +70,8 @@ def layout(request, monkeypatch):
     """The geodesic's two layouts for frames of at most three columns: torch's batched products
     and matrix_exp (below ``_STACKED_MIN_MATRICES`` matrices on CPU) or the stacked kernels."""
     minimum = 1 if request.param == "stacked" else 10**9
-    monkeypatch.setattr(stiefel_module, "_STACKED_MIN_MATRICES", minimum)
-    monkeypatch.setattr(stiefel_module, "_STACKED_MIN_SQUARE", minimum)
+    monkeypatch.setattr(stiefel_geodesic, "_STACKED_MIN_MATRICES", minimum)
+    monkeypatch.setattr(stiefel_geodesic, "_STACKED_MIN_SQUARE", minimum)
     return request.param
 
 
