@@ -673,6 +673,10 @@ SIDE_TARGETS = (
     ("ml_chain10_frozen_compiled", "float64", 4_000, "OpenMM Reference, 10-bead chain", 1.0),
     ("ml_trimer_newton3", "float64", 4_000, "OpenMM Reference, rigid trimer", 1.0),
     ("ml_chain10_newton3", "float64", 4_000, "OpenMM Reference, 10-bead chain", 1.0),
+    ("ml_trimer_jac", "float64", 4_000, "OpenMM Reference, rigid trimer", 1.0),
+    ("ml_trimer_frozen_jac", "float64", 4_000, "OpenMM Reference, rigid trimer", 1.0),
+    ("ml_chain10_jac", "float64", 4_000, "OpenMM Reference, 10-bead chain", 1.0),
+    ("ml_chain10_frozen_jac", "float64", 4_000, "OpenMM Reference, 10-bead chain", 1.0),
 )
 
 
@@ -786,9 +790,37 @@ def _side_reading(side: dict) -> str:
         chain_frozen_compiled=q("ml_chain10_frozen_compiled", 4_000),
         trimer_kernels=kernels("ml_trimer", 4_000),
         trimer_frozen_kernels=kernels("ml_trimer_frozen", 4_000),
+        trimer_jac=q("ml_trimer_jac", 4_000),
+        trimer_frozen_jac=q("ml_trimer_frozen_jac", 4_000),
+        chain_jac=q("ml_chain10_jac", 4_000),
+        chain_frozen_jac=q("ml_chain10_frozen_jac", 4_000),
         **alternated,
         **_stiefel_parts(),
+        **_constraint_algebra(),
     )
+
+
+def _constraint_algebra() -> dict:
+    """Placeholders from ``bench_constraint_algebra.json``: the 10-bead chain's step at 4,000
+    molecules before and after the kept LU factor and the column sums (``ca_<newton>_before``,
+    ``ca_<newton>_now`` in ms, ``ca_<newton>_gain`` their ratio), and the share of a ``9 x 9``
+    solve that the factorisation takes."""
+    path = RESULTS / "bench_constraint_algebra.json"
+    out = {f"ca_{k}_{w}": "?" for k in ("newton", "frozen") for w in ("before", "now", "gain")}
+    out["ca_factor_share"] = "?"
+    if not path.exists():
+        return out
+    result = json.loads(path.read_text())
+    for r in result["steps"]:
+        if r["molecule"] == "chain10" and r["molecules"] == 4_000:
+            k = "newton" if r["newton"] is True else str(r["newton"])
+            out[f"ca_{k}_before"] = _ms(r["before_ms"])
+            out[f"ca_{k}_now"] = _ms(r["now_ms"])
+            out[f"ca_{k}_gain"] = f"{r['before_over_now']:.2f}"
+    for r in result["solves"]:
+        if r["m"] == 9 and r["systems"] == 4_000:
+            out["ca_factor_share"] = f"{100 * r['lu_factor_ex_ms'] / r['solve_ex_ms']:.0f}"
+    return out
 
 
 def _stiefel_parts() -> dict:

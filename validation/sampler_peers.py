@@ -30,7 +30,10 @@ benchmark times ``run`` (``validation.bench_sampler``, sweep ``side_by_side``).
   one row of ``g`` per bond) with ``Langevin`` (BAOAB); ``*_quasi`` and ``*_frozen``: the same
   with SHAKE's quasi-Newton and frozen old-point iterations (``ImplicitManifold(newton=False)``,
   ``newton="frozen"``), the kinds of iteration molecular dynamics codes use; ``*_newton3``:
-  three Newton iterates, then the third one's matrix kept (``newton=3``). OpenMM runs
+  three Newton iterates, then the third one's matrix kept (``newton=3``); ``*_jac``: Newton's
+  SHAKE with the bonds' Jacobian in closed form (:func:`chain_jacobian`, the ``jacobian``
+  argument) instead of autodiff, and ``*_frozen_jac`` the frozen iteration with it (the
+  combination a molecular dynamics code runs). OpenMM runs
   ``n_chains`` molecules in one ``System`` (no other forces) with ``LangevinMiddleIntegrator``
   and its own constraint solver (tolerance ``1e-5``) on the Reference and CPU platforms (the CPU
   platform with one thread).
@@ -59,6 +62,7 @@ __all__ = [
     "GeneralFormulaStiefel",
     "chain_angles",
     "chain_constraint",
+    "chain_jacobian",
     "make_ml_molecule",
     "make_ml_s2",
     "make_ml_stiefel",
@@ -245,6 +249,23 @@ def chain_constraint(n_beads: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return g
 
 
+def chain_jacobian(n_beads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``Dg(x)`` of :func:`chain_constraint` in closed form, ``(..., n_beads - 1, 3 n_beads)``:
+    row ``k`` is ``-2 d_k`` at bead ``k`` and ``2 d_k`` at bead ``k + 1``, ``d_k`` the bond
+    vector (what a molecular dynamics user writes instead of autodiff)."""
+
+    def jac(x):
+        rows = torch.arange(n_beads - 1, device=x.device)
+        a = x.unflatten(-1, (n_beads, 3))
+        d2 = 2.0 * (a[..., 1:, :] - a[..., :-1, :])
+        out = x.new_zeros(*x.shape[:-1], n_beads - 1, n_beads, 3)
+        out[..., rows, rows, :] = -d2
+        out[..., rows, rows + 1, :] = d2
+        return out.flatten(-2)
+
+    return jac
+
+
 def chain_angles(x: torch.Tensor, n_beads: int) -> torch.Tensor:
     """The ``n_beads - 2`` bond angles of each chain, ``(..., n_beads - 2)``."""
     a = x.unflatten(-1, (n_beads, 3))
@@ -278,10 +299,12 @@ def make_ml_molecule(
     device="cpu",
     compile: bool = False,
     newton: bool | int | str = True,
+    user_jacobian: bool = False,
 ) -> Callable[[int], torch.Tensor]:
     """The molecule through ``ImplicitManifold`` and ``Langevin`` (BAOAB), one chain per
-    molecule; ``newton`` is the SHAKE iteration (``ImplicitManifold``'s argument)."""
-    sampler, x0 = ml_molecule_sampler(n_chains, n_beads, dtype, seed, device, newton)
+    molecule; ``newton`` is the SHAKE iteration (``ImplicitManifold``'s argument),
+    ``user_jacobian`` gives it the closed-form :func:`chain_jacobian`."""
+    sampler, x0 = ml_molecule_sampler(n_chains, n_beads, dtype, seed, device, newton, user_jacobian)
     return _sampler_run(sampler, x0, seed, compile)
 
 
@@ -292,12 +315,14 @@ def ml_molecule_sampler(
     seed: int = 0,
     device="cpu",
     newton: bool | int | str = True,
+    user_jacobian: bool = False,
 ) -> tuple[ml.Langevin, torch.Tensor]:
     """``(sampler, x0)`` of :func:`make_ml_molecule`: the sampler and the start positions
     ``(n_chains, 3 n_beads)``."""
     pos = _chain_positions(n_chains, n_beads, np.random.default_rng(seed))
     x0 = torch.tensor(pos.reshape(n_chains, 3 * n_beads), dtype=dtype, device=device)
-    manifold = ml.ImplicitManifold(chain_constraint(n_beads), newton=newton)
+    jacobian = chain_jacobian(n_beads) if user_jacobian else None
+    manifold = ml.ImplicitManifold(chain_constraint(n_beads), newton=newton, jacobian=jacobian)
 
     def potential(x):
         return 0.5 * ANGLE_K * ((chain_angles(x, n_beads) - ANGLE_0) ** 2).sum(-1)

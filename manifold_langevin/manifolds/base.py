@@ -184,9 +184,13 @@ def small_factor(mat: torch.Tensor):
     * ``m = 2`` and at least `LU2_MIN_BATCH`
       matrices: LU with partial pivoting written out in elementwise operations, in LAPACK's
       order (the multiplier by a division, the back substitutions by reciprocals);
-    * otherwise the matrix itself, solved by `torch.linalg.solve_ex` each time (a closed-form
-      inverse for ``m = 3`` was measured slower than LAPACK at every batch size, and rounds
-      differently).
+    * otherwise LAPACK's LU factorisation (``torch.linalg.lu_factor_ex``), which each solve
+      reuses (``torch.linalg.lu_solve``): ``solve_ex`` is these two calls, so the bits are
+      the same, and a matrix solved several times (the frozen and quasi-Newton SHAKE
+      iterations, the projections at a cached point) is factorised once. The factorisation
+      is more than half of each solve's time for 4,000 ``9 x 9`` systems
+      (``python -m validation.bench_constraint_algebra``). A closed-form inverse for
+      ``m = 3`` was measured slower than LAPACK at every batch size, and rounds differently.
 
     A singular matrix gives Inf/NaN (no error is raised, no host synchronisation)."""
     m = mat.shape[-1]
@@ -194,7 +198,8 @@ def small_factor(mat: torch.Tensor):
         return torch.reciprocal(mat)
     if m == 2 and mat.numel() >= 4 * LU2_MIN_BATCH:
         return _lu_2(mat)
-    return ("mat", mat)
+    lu, pivots, _ = torch.linalg.lu_factor_ex(mat)
+    return ("lu", lu, pivots)
 
 
 def factor_solve(factor, rhs: torch.Tensor) -> torch.Tensor:
@@ -203,7 +208,7 @@ def factor_solve(factor, rhs: torch.Tensor) -> torch.Tensor:
     if isinstance(factor, tuple):
         if factor[0] == "lu2":
             return _solve_lu_2(factor, rhs)
-        return torch.linalg.solve_ex(factor[1], rhs)[0]
+        return torch.linalg.lu_solve(factor[1], factor[2], rhs)
     return rhs * factor
 
 
@@ -238,20 +243,54 @@ def _row_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b
 
 
+COMBINATION_MIN_ENTRIES = 1000
+"""Eagerly, `_normal_combination` adds the ``m`` columns' broadcast products when each of them
+covers at least ``m`` times this many entries (chains times ``N``); below, its ``2 m - 1``
+small kernels cost more than one batched matmul (``python -m
+validation.bench_constraint_algebra``: for ``m = 9``, ``N = 30``, the column sum takes 0.6 times the
+batched matmul's time at 4,000 chains and 3 to 10 times it at 1 to 30 chains)."""
+
+COMBINATION_MAX_COLUMNS = 16
+"""`_normal_combination` multiplies by more columns than this with one batched matmul."""
+
+
 def _normal_combination(jac_t: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """``J^T lam`` for ``jac_t = J^T`` ``(..., N, m)`` and ``lam`` ``(..., m, 1)``: for
-    ``m <=`` ``SHORT_ROW_MAX`` the columns' broadcast products added in order,
-    ``(J_0 lam_0 + J_1 lam_1) + ...`` (the order, and so the bits, of the batched matmul, tested;
-    for 4,000 chains in R^9, 49 us against 172 us at ``m = 2`` and 99 against 136 at ``m = 4``,
-    where torch multiplies such tiny matrices with a plain loop; slower from ``m = 6`` on)."""
-    m = jac_t.shape[-1]
+    """``J^T lam`` for ``jac_t = J^T`` ``(..., N, m)`` and ``lam`` ``(..., m, 1)``, with the
+    batched matmul's bits either way (its order of additions, tested):
+
+    * the columns' broadcast products added in order, ``(J_0 lam_0 + J_1 lam_1) + ...``: on
+      CPU for at most `COMBINATION_MAX_COLUMNS` columns of at least
+      `COMBINATION_MIN_ENTRIES` ``m`` entries each (torch multiplies such tiny matrices
+      with a plain loop, slower than vectorised passes over whole columns); under
+      ``torch.compile`` and on other devices for ``m <=`` ``SHORT_ROW_MAX`` at any size
+      (compiled, the products fuse into the step's loop). Eagerly and outside autograd the
+      products go through one buffer and the sum accumulates in place (no fresh tensor per
+      column);
+    * otherwise the batched matmul ``jac_t @ lam``."""
+    shape = jac_t.shape
+    n, m = shape[-2], shape[-1]
     if m == 1:
         return jac_t * lam
-    if m > SHORT_ROW_MAX:
+    # cheap tests first: at a few chains this choice is a visible part of the call. The
+    # entries of the broadcast result: the larger operand's (one side is a single chain or
+    # both agree; torch.broadcast_shapes costs more than a small product)
+    if jac_t.is_cpu and not is_compiling():
+        entries = max(jac_t.numel(), lam.numel() * n)
+        columns = m <= COMBINATION_MAX_COLUMNS and entries >= COMBINATION_MIN_ENTRIES * m * m
+    else:  # compiled the columns fuse; on a GPU each column is a launch, the matmul one
+        columns = m <= SHORT_ROW_MAX
+    if not columns:
         return jac_t @ lam
     out = jac_t[..., 0:1] * lam[..., 0:1, :]
+    if is_compiling() or (torch.is_grad_enabled() and (jac_t.requires_grad or lam.requires_grad)):
+        for i in range(1, m):
+            out = out + jac_t[..., i : i + 1] * lam[..., i : i + 1, :]
+        return out
+    # eagerly, into one product buffer and the sum (the same two roundings per column): fresh
+    # CPU tensors of this size cost page faults that can exceed the arithmetic
+    prod = torch.empty_like(out)
     for i in range(1, m):
-        out = out + jac_t[..., i : i + 1] * lam[..., i : i + 1, :]
+        out.add_(torch.mul(jac_t[..., i : i + 1], lam[..., i : i + 1, :], out=prod))
     return out
 
 
@@ -454,8 +493,8 @@ class ConstrainedManifold(geoopt.Manifold):
 
     def vjp(self, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """``J(x)^T lam``, shaped like ``x``."""
-        out = (self._jacobian_at(x).transpose(-1, -2) @ lam.unsqueeze(-1)).squeeze(-1)
-        return out.reshape(x.shape)
+        jac_t = self._jacobian_at(x).transpose(-1, -2)
+        return _normal_combination(jac_t, lam.unsqueeze(-1)).squeeze(-1).reshape(x.shape)
 
     def _jacobian_and_gram_factor(self, x: torch.Tensor):
         """``J(x)`` and the `small_factor` of ``J(x) J(x)^T``, from the point cache when they

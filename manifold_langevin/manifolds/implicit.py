@@ -42,7 +42,9 @@ class ImplicitManifold(ConstrainedManifold):
     separate passes from then on).
     The ``m x m`` systems are solved by
     `small_factor` (a reciprocal for ``m = 1``),
-    bit for bit as by LAPACK. The Jacobian at the point a RATTLE step returns is formed with its
+    bit for bit as by LAPACK; a matrix used for several solves (the kept iteration matrix of
+    the frozen, quasi-Newton and ``newton=k`` iterations, a point's Gram matrix) is
+    factorised once. The Jacobian at the point a RATTLE step returns is formed with its
     residual and reused by the projections and the next SHAKE solve from that point. A hand-written
     ``jacobian`` replaces autodiff altogether, often the larger saving for many chains (check
     it once with [`check_jacobian`][manifold_langevin.ImplicitManifold.check_jacobian]).

@@ -64,6 +64,57 @@ def test_small_solve_matches_lapack(dtype, m, batch, ill):
         ) + 64 * m * eps * float(rhs.abs().amax())
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m, batch", [(2, 7), (3, 7), (3, 4000), (5, 300), (9, 4000)])
+def test_a_factorisation_solves_with_lapacks_bits_each_time(dtype, m, batch):
+    """Past the closed forms the factor is LAPACK's LU with its pivots, and each solve reuses
+    it: ``solve_ex`` runs these same two calls, so every solve gives its bits, for a new
+    right-hand side each time and for right-hand sides broadcast over the batch."""
+    mat = _gram(batch, m, 1e3, dtype)[1]
+    fac = mbase.small_factor(mat)
+    assert isinstance(fac, tuple) and fac[0] in ("lu", "lu2")
+    for seed in (2, 3):
+        rhs = torch.randn(batch, m, 2, generator=_gen(seed), dtype=DT).to(dtype)
+        assert torch.equal(mbase.factor_solve(fac, rhs), torch.linalg.solve_ex(mat, rhs)[0])
+    one = torch.randn(m, 1, generator=_gen(4), dtype=DT).to(dtype)
+    assert torch.equal(mbase.factor_solve(fac, one), torch.linalg.solve_ex(mat, one)[0])
+
+
+class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten operators run inside the block, by their packet name."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.counts[name] = self.counts.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("newton, factorisations", [("frozen", 0), (False, 1), (2, 2)])
+def test_a_kept_iteration_matrix_is_factorised_once(newton, factorisations):
+    """SHAKE with a kept iteration matrix factorises each matrix once and only solves with it
+    at the later iterates: the frozen iteration none (the old point's Gram factor, cached by a
+    projection there), quasi-Newton one, a Newton start of two iterates two. The projections
+    at the new point factorise its Gram matrix once between them. Three constraints, so that
+    the factor is LAPACK's (no closed form)."""
+    p = get_problem("rigid_triatomic")
+    m = ml.ImplicitManifold(p.constraint, newton=newton)
+    x = p.initial(50, DT, "cpu", _gen(31))
+    v = m.proju(x, torch.randn(x.shape, generator=_gen(32), dtype=DT))
+    v = v / v.norm(dim=-1, keepdim=True)
+    m.proju(x, v)  # the old point's Jacobian and Gram factor cached
+    with torch.no_grad(), _CountOps() as ops:
+        y, p_new, ok = m.rattle(x, v, 0.01)
+        m.proju(y, p_new)
+    assert bool(ok.all())
+    assert ops.counts.get("linalg_lu_factor_ex", 0) == factorisations + 1
+    assert ops.counts.get("linalg_lu_solve", 0) == m.max_iter + 2
+    assert ops.counts.get("linalg_solve_ex", 0) == 0
+
+
 def _closed_form_and_lapack(dtype, m):
     batch = 4 * mbase.LU2_MIN_BATCH
     g = _gen(20)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from manifold_langevin.manifolds.base import (
+    COMBINATION_MAX_COLUMNS,
+    COMBINATION_MIN_ENTRIES,
     SHORT_ROW_MAX,
     _normal_combination,
     _row_product,
@@ -50,19 +53,62 @@ def test_row_product_is_the_batched_matmul(dtype, shape):
     assert _row_product(a, b[:1]).shape == (a @ b[:1]).shape
 
 
+class _Ops(TorchDispatchMode):
+    """Records the aten operators a block of code runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def _uses_matmul(jac_t, lam) -> bool:
+    with _Ops() as ops:
+        _normal_combination(jac_t, lam)
+    return any(name.startswith("bmm") for name in ops.names)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n, m", [(3, 1), (9, 2), (9, 3), (6, 4), (30, 2), (12, 6)])
-def test_normal_combination_is_the_batched_matmul_bit_for_bit(dtype, n, m):
+@pytest.mark.parametrize(
+    "n, m", [(3, 1), (9, 2), (9, 3), (6, 4), (30, 2), (12, 6), (30, 9), (40, 16), (40, 17)]
+)
+@pytest.mark.parametrize("chains", [1, 30, 2000])
+def test_normal_combination_is_the_batched_matmul_bit_for_bit(dtype, n, m, chains):
     """``_normal_combination(J^T, lam)`` (SHAKE's correction ``J^T lam``) adds the columns'
-    products in the batched matmul's order: the same bits, also for a chain-minor Jacobian."""
+    products in the batched matmul's order, or calls it: the same bits either way, also for
+    a chain-minor Jacobian, and the branch is the one the size rule names."""
     g = torch.Generator().manual_seed(10 * n + m)
-    jac_t = torch.randn(2000, n, m, dtype=dtype, generator=g)
-    lam = torch.randn(2000, m, 1, dtype=dtype, generator=g)
+    jac_t = torch.randn(chains, n, m, dtype=dtype, generator=g)
+    lam = torch.randn(chains, m, 1, dtype=dtype, generator=g)
     want = jac_t @ lam
     assert torch.equal(_normal_combination(jac_t, lam), want)
-    # the chains as the fastest-varying dimension, as for the points' chain-minor layout
-    minor = jac_t.movedim(0, -1).contiguous().movedim(-1, 0)
-    assert not minor.is_contiguous() and torch.equal(minor, jac_t)
-    assert torch.equal(_normal_combination(minor, lam), want)
-    # broadcast multipliers of one chain
+    columns = m <= COMBINATION_MAX_COLUMNS and chains * n >= COMBINATION_MIN_ENTRIES * m
+    assert _uses_matmul(jac_t, lam) == (m > 1 and not columns)
+    # the chains as the fastest-varying dimension, as for the points' chain-minor layout: the
+    # column sums give the contiguous matmul's bits (torch's matmul of a strided batch may not)
+    if chains > 1:
+        minor = jac_t.movedim(0, -1).contiguous().movedim(-1, 0)
+        assert not minor.is_contiguous() and torch.equal(minor, jac_t)
+        got = _normal_combination(minor, lam)
+        assert torch.equal(got, minor @ lam if _uses_matmul(minor, lam) else want)
+    # broadcast multipliers of one chain: the rule counts the broadcast batch
     assert torch.equal(_normal_combination(jac_t, lam[:1]), jac_t @ lam[:1])
+    assert torch.equal(_normal_combination(jac_t[:1], lam), jac_t[:1] @ lam)
+    assert _uses_matmul(jac_t[:1], lam) == _uses_matmul(jac_t, lam)
+
+
+@pytest.mark.parametrize("chains", [1, 2000])
+def test_normal_combination_is_differentiable(chains):
+    """Under autograd the column sums build fresh tensors (no in-place accumulation): the
+    gradients with respect to both factors are the batched matmul's."""
+    g = torch.Generator().manual_seed(3)
+    jac_t = torch.randn(chains, 30, 6, dtype=torch.float64, generator=g).requires_grad_()
+    lam = torch.randn(chains, 6, 1, dtype=torch.float64, generator=g).requires_grad_()
+    w = torch.randn(chains, 30, 1, dtype=torch.float64, generator=g)
+    got = torch.autograd.grad((_normal_combination(jac_t, lam) * w).sum(), (jac_t, lam))
+    want = torch.autograd.grad(((jac_t @ lam) * w).sum(), (jac_t, lam))
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=1e-14, atol=1e-14)

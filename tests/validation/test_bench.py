@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import manifold_langevin as ml
 from manifold_langevin import cli
 from manifold_langevin.cli.bench import add_bench_parser, run_bench
 from validation import bench_optim, bench_sampler
@@ -108,6 +109,11 @@ def test_side_by_side_contenders_simulate_the_same_molecule():
         assert float(g(x).abs().max()) <= 1e-12
         angles = peers.chain_angles(x, beads)
         assert angles.shape == (8, beads - 2) and bool(torch.isfinite(angles).all())
+        # the closed-form bond Jacobian of the ``*_jac`` contenders is autodiff's, and a run
+        # with it is the same simulation (the same bits here: both Jacobians are exact)
+        manifold = ml.ImplicitManifold(g, jacobian=peers.chain_jacobian(beads))
+        assert manifold.check_jacobian(x + 0.01 * torch.randn_like(x)) <= 1e-15
+        assert torch.equal(peers.make_ml_molecule(8, beads, user_jacobian=True)(20), x)
         if peers.openmm_available() is None:
             pos = peers.make_openmm_molecule(8, beads, "Reference")(20)
             y = torch.as_tensor(np.asarray(pos)).reshape(8, 3 * beads)
@@ -273,6 +279,44 @@ def test_bench_stiefel_geodesic_quick_run(tmp_path):
     assert {(r["frame"], r["piece"]) for r in result["pieces"]} == {
         (f, k) for f in ("10x3", "3x3") for k in (256, 600)
     }
+
+
+def test_bench_constraint_algebra_quick_run(tmp_path):
+    """``validation/bench_constraint_algebra.py --quick``: every part timed, the library's
+    choice named, and each step variant timed."""
+    from validation import bench_constraint_algebra as bca
+
+    assert bca.main(["--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "quick" / "bench_constraint_algebra.json").read_text())
+    assert {r["library_picks"] for r in result["combination"]} <= {"matmul", "columns"}
+    assert all(r["matmul_ms"] > 0 and r["columns_ms"] > 0 for r in result["combination"])
+    assert all(r["solve_ex_ms"] > 0 and r["lu_solve_ms"] > 0 for r in result["solves"])
+    for r in result["steps"]:
+        assert all(r[f"{v}_ms"] > 0 for v in bca.VARIANTS)
+
+
+def test_bench_constraint_algebra_variants_run_the_code_they_name():
+    """The step variants swap the library's pieces for the old ones, and only while they run:
+    ``before`` solves with ``solve_ex`` each time and multiplies many columns with a batched
+    matmul; ``now`` keeps LAPACK's factor and sums the columns."""
+    import torch
+
+    from manifold_langevin.manifolds import base as mbase
+    from validation import bench_constraint_algebra as bca
+
+    mat = torch.eye(3, dtype=torch.float64).expand(10, 3, 3)
+    jac_t = torch.randn(4000, 30, 9, dtype=torch.float64)
+    lam = torch.randn(4000, 9, 1, dtype=torch.float64)
+    kinds = {}
+    for name in bca.VARIANTS:
+        with bca.variant(name):
+            kinds[name] = (mbase.small_factor(mat)[0], mbase._normal_combination)
+    assert kinds["before"][0] == kinds["combination"][0] == "solve_ex"
+    assert kinds["factor"][0] == kinds["now"][0] == "lu"
+    assert kinds["before"][1] is kinds["factor"][1] is bca._combination_before
+    assert kinds["now"][1] is kinds["combination"][1] is mbase._normal_combination
+    assert torch.equal(bca._combination_before(jac_t, lam), mbase._normal_combination(jac_t, lam))
+    assert mbase.small_factor(mat)[0] == "lu"  # restored
 
 
 def test_implicit_reach_quick_run(tmp_path):
