@@ -22,9 +22,9 @@ def lapack_2x2_bits() -> bool:
     (then the library's closed forms return its bits). MKL's kernels for some CPUs (AVX-512 ones,
     measured) order the elimination differently and differ in the last bits; a test that
     compares a closed-form run with a LAPACK run bit for bit then compares to rounding."""
-    from manifold_langevin.manifolds import base as mbase
+    from manifold_langevin.manifolds import small_systems as small
 
     g = torch.Generator().manual_seed(0)
-    mat = torch.randn(4 * mbase.LU2_MIN_BATCH, 2, 2, generator=g, dtype=torch.float64)
+    mat = torch.randn(4 * small.LU2_MIN_BATCH, 2, 2, generator=g, dtype=torch.float64)
     rhs = torch.randn(mat.shape[0], 2, 3, generator=g, dtype=torch.float64)
-    return torch.equal(mbase.small_solve(mat, rhs), torch.linalg.solve_ex(mat, rhs)[0])
+    return torch.equal(small.small_solve(mat, rhs), torch.linalg.solve_ex(mat, rhs)[0])

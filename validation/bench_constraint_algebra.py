@@ -4,7 +4,7 @@ piece by piece, and what each choice of ``manifold_langevin.manifolds.base`` buy
 Times, on one CPU thread, in one process, contenders rotated within each repetition (medians):
 
 - ``combination``: SHAKE's correction ``J^T lam`` (``J^T`` of shape ``(chains, N, m)``) by
-  the two branches of ``base._normal_combination``, one batched matmul and the sum of the
+  the two branches of ``small_systems.normal_combination``, one batched matmul and the sum of the
   ``m`` columns' broadcast products (each branch forced through the two thresholds), over a
   grid of chain counts, ``N`` and ``m``: the measurement behind ``COMBINATION_MIN_ENTRIES``
   and ``COMBINATION_MAX_COLUMNS``; both give the same bits;
@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterator
+from unittest import mock
 
 import torch
 
 from manifold_langevin.manifolds import base as mbase
+from manifold_langevin.manifolds import small_systems as small
 from validation import sampler_peers as peers
 from validation.bench_optim import cpu_bench_cli, environment
 from validation.bench_stiefel_geodesic import rotate
@@ -61,20 +62,13 @@ def _columns(jac_t: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@contextlib.contextmanager
-def combination_branch(branch: str) -> Iterator[None]:
-    """Make ``_normal_combination`` take one branch at any size (``"matmul"`` or
-    ``"columns"``), through its two thresholds."""
-    names = ("COMBINATION_MIN_ENTRIES", "COMBINATION_MAX_COLUMNS")
-    saved = [getattr(mbase, k) for k in names]
-    values = (10**18, 0) if branch == "matmul" else (0, 10**9)
-    for k, v in zip(names, values):
-        setattr(mbase, k, v)
-    try:
-        yield
-    finally:
-        for k, v in zip(names, saved):
-            setattr(mbase, k, v)
+def combination_branch(branch: str):
+    """Make ``small_systems.normal_combination`` take one branch at any size (``"matmul"`` or
+    ``"columns"``), through its two thresholds (a context manager)."""
+    entries, columns = (10**18, 0) if branch == "matmul" else (0, 10**9)
+    return mock.patch.multiple(
+        small, COMBINATION_MIN_ENTRIES=entries, COMBINATION_MAX_COLUMNS=columns
+    )
 
 
 def combination(chains: list[int], ns: list[int], ms: list[int], reps: int) -> list[dict]:
@@ -91,10 +85,10 @@ def combination(chains: list[int], ns: list[int], ms: list[int], reps: int) -> l
 
         def library(branch, jac_t=jac_t, lam=lam, calls=calls):
             with combination_branch(branch):
-                return [mbase._normal_combination(jac_t, lam) for _ in range(calls)]
+                return [small.normal_combination(jac_t, lam) for _ in range(calls)]
 
         ms_ = rotate({k: (lambda k=k: library(k)) for k in ("matmul", "columns")}, reps)
-        picks = m <= mbase.COMBINATION_MAX_COLUMNS and b * n >= mbase.COMBINATION_MIN_ENTRIES * m
+        picks = m <= small.COMBINATION_MAX_COLUMNS and b * n >= small.COMBINATION_MIN_ENTRIES * m
         rows.append({
             "chains": b, "N": n, "m": m,
             "matmul_ms": 1e3 * ms_["matmul"] / calls,
@@ -131,18 +125,18 @@ def _combination_before(jac_t: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     m = jac_t.shape[-1]
     if m == 1:
         return jac_t * lam
-    return jac_t @ lam if m > mbase.SHORT_ROW_MAX else _columns(jac_t, lam)
+    return jac_t @ lam if m > small.SHORT_ROW_MAX else _columns(jac_t, lam)
 
 
-_factor_solve = mbase.factor_solve
+_factor_solve = small.factor_solve
 
 
 def _factor_before(mat: torch.Tensor):
     m = mat.shape[-1]
     if m == 1:
         return torch.reciprocal(mat)
-    if m == 2 and mat.numel() >= 4 * mbase.LU2_MIN_BATCH:
-        return mbase._lu_2(mat)
+    if m == 2 and mat.numel() >= 4 * small.LU2_MIN_BATCH:
+        return small._lu_2(mat)
     return ("solve_ex", mat)
 
 
@@ -152,23 +146,16 @@ def _solve_before(factor, rhs: torch.Tensor) -> torch.Tensor:
     return _factor_solve(factor, rhs)
 
 
-@contextlib.contextmanager
-def variant(name: str) -> Iterator[None]:
-    """Run the library with ``before``'s pieces swapped in: ``"before"`` both, ``"combination"``
-    the old solves, ``"factor"`` the old ``J^T lam``, ``"now"`` none."""
+def variant(name: str):
+    """Run the library with ``before``'s pieces swapped in, as the names the generic SHAKE and
+    projection of ``manifolds.base`` call (a context manager): ``"before"`` both,
+    ``"combination"`` the old solves, ``"factor"`` the old ``J^T lam``, ``"now"`` none."""
     swaps = {}
     if name in ("before", "factor"):
-        swaps["_normal_combination"] = _combination_before
+        swaps["normal_combination"] = _combination_before
     if name in ("before", "combination"):
         swaps.update(small_factor=_factor_before, factor_solve=_solve_before)
-    saved = {k: getattr(mbase, k) for k in swaps}
-    for k, v in swaps.items():
-        setattr(mbase, k, v)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(mbase, k, v)
+    return mock.patch.multiple(mbase, **swaps) if swaps else contextlib.nullcontext()
 
 
 VARIANTS = ("before", "combination", "factor", "now")
@@ -206,8 +193,8 @@ def run(quick: bool = False) -> dict:
         "benchmark": "bench_constraint_algebra",
         "quick": quick,
         "environment": environment(torch.device("cpu")),
-        "combination_min_entries": mbase.COMBINATION_MIN_ENTRIES,
-        "combination_max_columns": mbase.COMBINATION_MAX_COLUMNS,
+        "combination_min_entries": small.COMBINATION_MIN_ENTRIES,
+        "combination_max_columns": small.COMBINATION_MAX_COLUMNS,
         "combination": combination(*s["combination"], reps=s["reps"]),
         "solves": solves(*s["solves"], reps=s["reps"]),
         "steps": steps(s["steps"], s["reps"]),

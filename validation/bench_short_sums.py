@@ -5,8 +5,8 @@ A potential or constraint written for many chains at once sums over short rows: 
 coordinates of a point on S^2, the nine of a rigid trimer. torch's CPU reduction handles a short
 contiguous last dimension row by row, and for 10^4 rows of three it is several times slower
 than the two elementwise additions ``t[..., 0] + t[..., 1] + t[..., 2]`` (what the library's
-own closed forms use, ``manifold_langevin.manifolds.base.row_sum``). The samplers store such
-points with the chains as the fastest-varying dimension
+own closed forms use, ``manifold_langevin.manifolds.small_systems.row_sum``). The samplers
+store such points with the chains as the fastest-varying dimension
 (``manifold_langevin.integrators.base.chain_minor``), where the same ``sum(-1)`` adds whole
 rows of chains. This script times the three, and a constraint ``(t * t).sum(-1)`` with its
 autograd gradient in both layouts, on one CPU thread, for a few shapes and dtypes, and checks

@@ -27,11 +27,11 @@ Run ``python -m validation.bench_stiefel_geodesic [--quick]``; writes
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from unittest import mock
 
 import torch
 
@@ -57,18 +57,13 @@ def _steps(chains: int) -> int:
     return 200 if chains <= 100 else 50 if chains <= 1_000 else 10
 
 
-@contextlib.contextmanager
-def layout(name: str) -> Iterator[None]:
-    """Force the geodesic's layout: ``"stacked"`` (any count) or ``"batched"``."""
-    names = ("_STACKED_MIN_MATRICES", "_STACKED_MIN_SQUARE")
-    saved = [getattr(geodesic_module, k) for k in names]
-    for k in names:
-        setattr(geodesic_module, k, 1 if name == "stacked" else 10**12)
-    try:
-        yield
-    finally:
-        for k, v in zip(names, saved):
-            setattr(geodesic_module, k, v)
+def layout(name: str):
+    """Force the geodesic's layout (a context manager): ``"stacked"`` (any count) or
+    ``"batched"``."""
+    count = 1 if name == "stacked" else 10**12
+    return mock.patch.multiple(
+        geodesic_module, _STACKED_MIN_MATRICES=count, _STACKED_MIN_SQUARE=count
+    )
 
 
 def rotate(contenders: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
@@ -159,13 +154,9 @@ def pieces(count: int, sizes: list[int | None], reps: int) -> list[dict]:
         m, x, v = _frames(count, n, p, step=21**0.5)
 
         def call(size, m=m, x=x, v=v):
-            saved = geodesic_module._STACKED_CHUNK
-            geodesic_module._STACKED_CHUNK = count if size is None else size
-            try:
-                with layout("stacked"):
-                    return m.geodesic(x, v, 0.025)
-            finally:
-                geodesic_module._STACKED_CHUNK = saved
+            piece = count if size is None else size
+            with layout("stacked"), mock.patch.object(geodesic_module, "_STACKED_CHUNK", piece):
+                return m.geodesic(x, v, 0.025)
 
         ms = rotate({str(k): (lambda k=k: call(k)) for k in sizes}, reps)
         for k in sizes:

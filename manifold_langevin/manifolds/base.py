@@ -28,18 +28,23 @@ import geoopt
 import torch
 
 from .._checks import check_int, check_positive
+from .._compiling import is_compiling
 from ..noise import standard_normal
+from .small_systems import (
+    factor_solve,
+    normal_combination,
+    row_product,
+    row_sum,
+    select_factor,
+    small_factor,
+)
 
 __all__ = [
-    "LU2_MIN_BATCH",
     "ConstrainedManifold",
     "as_time",
     "default_tolerance",
     "event_sum",
-    "factor_solve",
     "finite_entries",
-    "small_factor",
-    "small_solve",
 ]
 
 _BASE_TOL = {
@@ -84,25 +89,6 @@ def as_time(t: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor
     return torch.as_tensor(t, dtype=like.dtype, device=like.device)
 
 
-SHORT_ROW_MAX = 4
-"""Rows of at most this many entries are summed by `row_sum` as a chain of slice additions:
-torch's CPU reduction over a short last dimension costs 5 to 15 times an elementwise pass
-(measured on ``(10^4, 3)`` float64: 145 us against 9 us for a product)."""
-
-
-def row_sum(t: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
-    """Sum over the last dimension; ``((t_0 + t_1) + t_2) + ...`` for short rows (the order
-    torch's CPU reduction adds them in: the same bits, tested), ``t.sum(-1)`` otherwise."""
-    n = t.shape[-1]
-    if not 1 < n <= SHORT_ROW_MAX:
-        return t.sum(dim=-1, keepdim=keepdim)
-    k = slice(0, 1) if keepdim else 0
-    out = t[..., k]
-    for i in range(1, n):
-        out = out + t[..., slice(i, i + 1) if keepdim else i]
-    return out
-
-
 def event_sum(t: torch.Tensor, ndim: int, keepdim: bool = False) -> torch.Tensor:
     """Sum over the trailing ``ndim`` event dimensions."""
     if ndim == 0:
@@ -132,185 +118,6 @@ def finite_entries(*tensors: torch.Tensor) -> torch.Tensor:
         # in place where the shapes agree (an FMA keeps inf * 0 = NaN)
         acc = acc.addcmul_(t, zero) if t.shape == acc.shape else acc + t * zero
     return acc == 0
-
-
-def is_compiling() -> bool:
-    """Whether ``torch.compile`` is tracing the caller (``False`` on torch without it)."""
-    check = getattr(torch.compiler, "is_compiling", None) if hasattr(torch, "compiler") else None
-    if check is None:
-        check = getattr(getattr(torch, "_dynamo", None), "is_compiling", lambda: False)
-    return bool(check())
-
-
-LU2_MIN_BATCH = 1024
-"""From this many ``2 x 2`` systems on,
-`small_factor` solves them by elementwise
-operations; below, the per-kernel overhead of its dozen operations costs more than one batched
-LAPACK call (both give the same bits)."""
-
-
-def _lu_2(mat: torch.Tensor):
-    # LU with partial pivoting, written out: the same operations, in the same order, as
-    # LAPACK's getrf/getrs on a 2 x 2 matrix (the multiplier by a division, the two back
-    # substitutions by reciprocals), hence the same bits as torch.linalg.solve
-    a, b = mat[..., 0, 0], mat[..., 0, 1]
-    c, d = mat[..., 1, 0], mat[..., 1, 1]
-    swap = c.abs() > a.abs()
-    piv, low = torch.where(swap, c, a), torch.where(swap, a, c)
-    top, bot = torch.where(swap, d, b), torch.where(swap, b, d)
-    mult = low / piv
-    u22 = bot - mult * top
-    return ("lu2", swap, mult, top, torch.reciprocal(piv), torch.reciprocal(u22))
-
-
-def _solve_lu_2(factor, rhs: torch.Tensor) -> torch.Tensor:
-    _, swap, mult, top, r_piv, r_u22 = factor
-    r0, r1 = rhs[..., 0, :], rhs[..., 1, :]
-    sw = swap.unsqueeze(-1)
-    s0, s1 = torch.where(sw, r1, r0), torch.where(sw, r0, r1)
-    x1 = (s1 - mult.unsqueeze(-1) * s0) * r_u22.unsqueeze(-1)
-    x0 = (s0 - top.unsqueeze(-1) * x1) * r_piv.unsqueeze(-1)
-    return torch.stack([x0, x1], dim=-2)
-
-
-def small_factor(mat: torch.Tensor):
-    r"""A reusable factorisation of batched ``m x m`` matrices ``(..., m, m)`` for
-    `factor_solve`: every variant returns
-    bit for bit what `torch.linalg.solve_ex` returns (on the CPU kernels it was checked on),
-    only faster for tiny systems, whose cost in LAPACK is per-matrix overhead.
-
-    * ``m = 1``: the reciprocal; a solve is one product, which is what LAPACK's LU solve of a
-      $1 \times 1$ system computes;
-    * ``m = 2`` and at least `LU2_MIN_BATCH`
-      matrices: LU with partial pivoting written out in elementwise operations, in LAPACK's
-      order (the multiplier by a division, the back substitutions by reciprocals);
-    * otherwise LAPACK's LU factorisation (``torch.linalg.lu_factor_ex``), which each solve
-      reuses (``torch.linalg.lu_solve``): ``solve_ex`` is these two calls, so the bits are
-      the same, and a matrix solved several times (the frozen and quasi-Newton SHAKE
-      iterations, the projections at a cached point) is factorised once. The factorisation
-      is more than half of each solve's time for 4,000 ``9 x 9`` systems
-      (``python -m validation.bench_constraint_algebra``). A closed-form inverse for
-      ``m = 3`` was measured slower than LAPACK at every batch size, and rounds differently.
-
-    A singular matrix gives Inf/NaN (no error is raised, no host synchronisation)."""
-    m = mat.shape[-1]
-    if m == 1:
-        return torch.reciprocal(mat)
-    if m == 2 and mat.numel() >= 4 * LU2_MIN_BATCH:
-        return _lu_2(mat)
-    lu, pivots, _ = torch.linalg.lu_factor_ex(mat)
-    return ("lu", lu, pivots)
-
-
-def factor_solve(factor, rhs: torch.Tensor) -> torch.Tensor:
-    """Solve with a `small_factor`: ``rhs``
-    is ``(..., m, k)``."""
-    if isinstance(factor, tuple):
-        if factor[0] == "lu2":
-            return _solve_lu_2(factor, rhs)
-        return torch.linalg.lu_solve(factor[1], factor[2], rhs)
-    return rhs * factor
-
-
-TINY_PRODUCT_MAX_MACS = 400
-"""Batched products needing fewer multiply-adds than this per matrix are the ones torch's CPU
-``bmm`` computes with a plain loop (each entry a sum in index order); under ``torch.compile``
-`_row_product` writes them out
-elementwise so that they fuse into the step's loop instead of calling ``bmm``."""
-
-
-def _row_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` for ``a`` ``(..., m, N)`` and ``b`` ``(..., N, k)``.
-
-    * ``m = k = 1`` and short rows (``N <=`` ``SHORT_ROW_MAX``): the dot product per chain as a
-      [`row_sum`][manifold_langevin.manifolds.base.row_sum] of the elementwise product (a
-      batched matmul of 10^4 one-by-three times three-by-one matrices costs several times more);
-    * under ``torch.compile``, fewer than `TINY_PRODUCT_MAX_MACS` multiply-adds per matrix:
-      the ``N`` broadcast products added in index order, the order (and so the bits) of the
-      plain loop ``bmm`` runs at these sizes; they fuse into the compiled loop, where a ``bmm``
-      stays an external call (the rigid trimer's compiled step at 4,000 molecules, float64:
-      5.9 ms against 6.7 ms). Eagerly the ``2 N - 1`` small kernels cost several times the
-      ``bmm`` (measured), so eager runs keep it;
-    * otherwise ``a @ b``."""
-    m, n, k = a.shape[-2], a.shape[-1], b.shape[-1]
-    if m == 1 and k == 1 and 1 < n <= SHORT_ROW_MAX:
-        return row_sum(a.squeeze(-2) * b.squeeze(-1), keepdim=True).unsqueeze(-1)
-    if m * n * k < TINY_PRODUCT_MAX_MACS and is_compiling():
-        out = a[..., :, 0:1] * b[..., 0:1, :]
-        for i in range(1, n):
-            out = out + a[..., :, i : i + 1] * b[..., i : i + 1, :]
-        return out
-    return a @ b
-
-
-COMBINATION_MIN_ENTRIES = 1000
-"""Eagerly, `_normal_combination` adds the ``m`` columns' broadcast products when each of them
-covers at least ``m`` times this many entries (chains times ``N``); below, its ``2 m - 1``
-small kernels cost more than one batched matmul (``python -m
-validation.bench_constraint_algebra``: for ``m = 9``, ``N = 30``, the column sum takes 0.6 times the
-batched matmul's time at 4,000 chains and 3 to 10 times it at 1 to 30 chains)."""
-
-COMBINATION_MAX_COLUMNS = 16
-"""`_normal_combination` multiplies by more columns than this with one batched matmul."""
-
-
-def _normal_combination(jac_t: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """``J^T lam`` for ``jac_t = J^T`` ``(..., N, m)`` and ``lam`` ``(..., m, 1)``, with the
-    batched matmul's bits either way (its order of additions, tested):
-
-    * the columns' broadcast products added in order, ``(J_0 lam_0 + J_1 lam_1) + ...``: on
-      CPU for at most `COMBINATION_MAX_COLUMNS` columns of at least
-      `COMBINATION_MIN_ENTRIES` ``m`` entries each (torch multiplies such tiny matrices
-      with a plain loop, slower than vectorised passes over whole columns); under
-      ``torch.compile`` and on other devices for ``m <=`` ``SHORT_ROW_MAX`` at any size
-      (compiled, the products fuse into the step's loop). Eagerly and outside autograd the
-      products go through one buffer and the sum accumulates in place (no fresh tensor per
-      column);
-    * otherwise the batched matmul ``jac_t @ lam``."""
-    shape = jac_t.shape
-    n, m = shape[-2], shape[-1]
-    if m == 1:
-        return jac_t * lam
-    # cheap tests first: at a few chains this choice is a visible part of the call. The
-    # entries of the broadcast result: the larger operand's (one side is a single chain or
-    # both agree; torch.broadcast_shapes costs more than a small product)
-    if jac_t.is_cpu and not is_compiling():
-        entries = max(jac_t.numel(), lam.numel() * n)
-        columns = m <= COMBINATION_MAX_COLUMNS and entries >= COMBINATION_MIN_ENTRIES * m * m
-    else:  # compiled the columns fuse; on a GPU each column is a launch, the matmul one
-        columns = m <= SHORT_ROW_MAX
-    if not columns:
-        return jac_t @ lam
-    out = jac_t[..., 0:1] * lam[..., 0:1, :]
-    if is_compiling() or (torch.is_grad_enabled() and (jac_t.requires_grad or lam.requires_grad)):
-        for i in range(1, m):
-            out = out + jac_t[..., i : i + 1] * lam[..., i : i + 1, :]
-        return out
-    # eagerly, into one product buffer and the sum (the same two roundings per column): fresh
-    # CPU tensors of this size cost page faults that can exceed the arithmetic
-    prod = torch.empty_like(out)
-    for i in range(1, m):
-        out.add_(torch.mul(jac_t[..., i : i + 1], lam[..., i : i + 1, :], out=prod))
-    return out
-
-
-def _select_factor(pick, fa, fb):
-    """The chain-wise selection ``pick`` of two `small_factor` results of one kind (``None``
-    unless both are there): every variant is per-chain arrays, so selecting them gives the
-    factor of the selected matrices, bit for bit."""
-    if fa is None or fb is None:
-        return None
-    if isinstance(fa, torch.Tensor) and isinstance(fb, torch.Tensor):
-        return pick(fa, fb)
-    if isinstance(fa, tuple) and isinstance(fb, tuple) and fa[0] == fb[0]:
-        return (fa[0], *(pick(u, v) for u, v in zip(fa[1:], fb[1:])))
-    return None
-
-
-def small_solve(mat: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """``mat^{-1} rhs`` for batched ``m x m`` systems (``rhs`` is ``(..., m, k)``), bit for bit
-    `torch.linalg.solve_ex`, by `small_factor`."""
-    return factor_solve(small_factor(mat), rhs)
 
 
 POINT_CACHE_SIZE = 3
@@ -489,12 +296,12 @@ class ConstrainedManifold(geoopt.Manifold):
 
     def jvp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``J(x) v``, shape ``(..., m)``."""
-        return _row_product(self._jacobian_at(x), self._flat(v).unsqueeze(-1)).squeeze(-1)
+        return row_product(self._jacobian_at(x), self._flat(v).unsqueeze(-1)).squeeze(-1)
 
     def vjp(self, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """``J(x)^T lam``, shaped like ``x``."""
         jac_t = self._jacobian_at(x).transpose(-1, -2)
-        return _normal_combination(jac_t, lam.unsqueeze(-1)).squeeze(-1).reshape(x.shape)
+        return normal_combination(jac_t, lam.unsqueeze(-1)).squeeze(-1).reshape(x.shape)
 
     def _jacobian_and_gram_factor(self, x: torch.Tensor):
         """``J(x)`` and the `small_factor` of ``J(x) J(x)^T``, from the point cache when they
@@ -502,7 +309,7 @@ class ConstrainedManifold(geoopt.Manifold):
         jac, hit = self._cached_jacobian(x)
         factor = None if hit is None else hit.factor
         if factor is None:
-            factor = small_factor(_row_product(jac, jac.transpose(-1, -2)))
+            factor = small_factor(row_product(jac, jac.transpose(-1, -2)))
             if hit is not None:
                 hit.factor = factor
         return jac, factor
@@ -517,8 +324,8 @@ class ConstrainedManifold(geoopt.Manifold):
         them)."""
         jac, factor = self._jacobian_and_gram_factor(x)
         uf = self._flat(u).unsqueeze(-1)
-        lam = factor_solve(factor, _row_product(jac, uf))
-        return (uf - _normal_combination(jac.transpose(-1, -2), lam)).squeeze(-1).reshape(u.shape)
+        lam = factor_solve(factor, row_product(jac, uf))
+        return (uf - normal_combination(jac.transpose(-1, -2), lam)).squeeze(-1).reshape(u.shape)
 
     def select_points(self, keep: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``torch.where(keep, a, b)`` for points ``a``, ``b`` (``keep`` per chain, broadcast over
@@ -538,7 +345,7 @@ class ConstrainedManifold(geoopt.Manifold):
 
         entry = self._cache.put(out, pick(hit_a.jac, hit_b.jac))
         if entry is not None:
-            entry.factor = _select_factor(pick, hit_a.factor, hit_b.factor)
+            entry.factor = select_factor(pick, hit_a.factor, hit_b.factor)
         return out
 
     def log_det_gram(self, x: torch.Tensor) -> torch.Tensor:
@@ -611,15 +418,15 @@ class ConstrainedManifold(geoopt.Manifold):
         lam = torch.zeros(*jac0_t.shape[:-2], jac0_t.shape[-1], 1, dtype=x.dtype, device=x.device)
         updates = self.matrix_updates
         for i in range(iters):
-            yr = (xt + _normal_combination(jac0_t, lam).squeeze(-1)).reshape(x.shape)
+            yr = (xt + normal_combination(jac0_t, lam).squeeze(-1)).reshape(x.shape)
             if updates is None or i < updates:  # a new iteration matrix at this iterate
                 g, jac = self._value_and_jacobian(yr)
-                factor = small_factor(_row_product(jac, jac0_t))
+                factor = small_factor(row_product(jac, jac0_t))
                 step = factor_solve(factor, g.unsqueeze(-1))
             else:
                 step = factor_solve(factor, self.constraint(yr).unsqueeze(-1))
             lam = lam - step
-        x_new = (xt + _normal_combination(jac0_t, lam).squeeze(-1)).reshape(x.shape)
+        x_new = (xt + normal_combination(jac0_t, lam).squeeze(-1)).reshape(x.shape)
         if keep_jacobian and type(self).residual_norm is ConstrainedManifold.residual_norm:
             g_new, jac_new = self._value_and_jacobian(x_new)
             self._cache.put(x_new, jac_new)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_positive
-from .base import ConstrainedManifold, as_time, default_tolerance, row_sum
+from .base import ConstrainedManifold, as_time, default_tolerance
+from .small_systems import row_sum
 
 __all__ = ["Sphere"]
 

@@ -21,11 +21,12 @@ from collections.abc import Callable
 
 import torch
 
+from .._compiling import is_compiling
 from ..integrators.base import finite_chains
 from ..integrators.circle_substeps import baoa_step_circles, euler_circles
 from ..integrators.euclidean_substeps import baoa_step_euclidean_, euler_euclidean_
 from ..integrators.substeps import baoa_step, euler, ou_coefficients
-from ..manifolds.base import finite_entries, is_compiling
+from ..manifolds.base import finite_entries
 from ..noise import NoiseTape
 from .buckets import CHUNK, Bucket, FlatView, gather, select_into
 from .params import uses_geodesic

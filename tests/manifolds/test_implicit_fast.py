@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import manifold_langevin as ml
-from manifold_langevin.manifolds import base as mbase
 from manifold_langevin.manifolds import implicit as mimpl
+from manifold_langevin.manifolds import small_systems as small
 from manifold_langevin.testing import get_problem
 
 DT = torch.float64
@@ -43,7 +43,7 @@ def _gram(batch, m, cond, dtype, seed=0):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("m", [1, 2, 3, 5])
-@pytest.mark.parametrize("batch", [7, mbase.LU2_MIN_BATCH + 3])
+@pytest.mark.parametrize("batch", [7, small.LU2_MIN_BATCH + 3])
 @pytest.mark.parametrize("ill", [False, True], ids=["well", "ill"])
 def test_small_solve_matches_lapack(dtype, m, batch, ill):
     eps = torch.finfo(dtype).eps
@@ -51,16 +51,16 @@ def test_small_solve_matches_lapack(dtype, m, batch, ill):
     rhs = torch.randn(batch, m, 2, generator=_gen(1), dtype=DT).to(dtype)
     for mat in _gram(batch, m, cond, dtype):
         ref = torch.linalg.solve_ex(mat, rhs)[0]
-        fac = mbase.small_factor(mat)
-        for got in (mbase.small_solve(mat, rhs), mbase.factor_solve(fac, rhs)):
+        fac = small.small_factor(mat)
+        for got in (small.small_solve(mat, rhs), small.factor_solve(fac, rhs)):
             assert got.shape == ref.shape and got.dtype == dtype
             # two backward-stable solves agree to (condition number) x eps relative to |x|
             err = (got - ref).abs().amax(dim=(-2, -1)) / ref.abs().amax(dim=(-2, -1))
             assert float(err.max()) <= 64 * m * cond * eps
         # and the answer solves the system
-        resid = (mat @ mbase.factor_solve(fac, rhs) - rhs).abs().amax()
+        resid = (mat @ small.factor_solve(fac, rhs) - rhs).abs().amax()
         assert float(resid) <= 64 * m * eps * float(mat.abs().amax()) * float(
-            mbase.factor_solve(fac, rhs).abs().amax()
+            small.factor_solve(fac, rhs).abs().amax()
         ) + 64 * m * eps * float(rhs.abs().amax())
 
 
@@ -71,13 +71,13 @@ def test_a_factorisation_solves_with_lapacks_bits_each_time(dtype, m, batch):
     it: ``solve_ex`` runs these same two calls, so every solve gives its bits, for a new
     right-hand side each time and for right-hand sides broadcast over the batch."""
     mat = _gram(batch, m, 1e3, dtype)[1]
-    fac = mbase.small_factor(mat)
+    fac = small.small_factor(mat)
     assert isinstance(fac, tuple) and fac[0] in ("lu", "lu2")
     for seed in (2, 3):
         rhs = torch.randn(batch, m, 2, generator=_gen(seed), dtype=DT).to(dtype)
-        assert torch.equal(mbase.factor_solve(fac, rhs), torch.linalg.solve_ex(mat, rhs)[0])
+        assert torch.equal(small.factor_solve(fac, rhs), torch.linalg.solve_ex(mat, rhs)[0])
     one = torch.randn(m, 1, generator=_gen(4), dtype=DT).to(dtype)
-    assert torch.equal(mbase.factor_solve(fac, one), torch.linalg.solve_ex(mat, one)[0])
+    assert torch.equal(small.factor_solve(fac, one), torch.linalg.solve_ex(mat, one)[0])
 
 
 class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
@@ -116,12 +116,12 @@ def test_a_kept_iteration_matrix_is_factorised_once(newton, factorisations):
 
 
 def _closed_form_and_lapack(dtype, m):
-    batch = 4 * mbase.LU2_MIN_BATCH
+    batch = 4 * small.LU2_MIN_BATCH
     g = _gen(20)
     mat = torch.randn(batch, m, m, generator=g, dtype=dtype)
     mat[: batch // 4, -1] = mat[: batch // 4, 0] * (1 + 1e-4)  # nearly singular ones too
     rhs = torch.randn(batch, m, 3, generator=g, dtype=dtype)
-    return mat, mbase.small_solve(mat, rhs), torch.linalg.solve_ex(mat, rhs)[0]
+    return mat, small.small_solve(mat, rhs), torch.linalg.solve_ex(mat, rhs)[0]
 
 
 _BITS_SCRIPT = """
@@ -164,29 +164,29 @@ def test_closed_forms_agree_with_lapack_on_any_cpu(dtype, m):
 
 def test_closed_forms_keep_lapack_pivoting():
     # a 2 x 2 system whose first pivot is tiny: without the row swap the answer is garbage
-    batch = mbase.LU2_MIN_BATCH
+    batch = small.LU2_MIN_BATCH
     mat = torch.tensor([[1e-20, 1.0], [1.0, 1.0]], dtype=DT).expand(batch, 2, 2).clone()
     rhs = torch.tensor([[1.0], [2.0]], dtype=DT).expand(batch, 2, 1)
-    got = mbase.small_solve(mat, rhs)
+    got = small.small_solve(mat, rhs)
     assert torch.allclose(got, torch.linalg.solve_ex(mat, rhs)[0], rtol=1e-15, atol=0)
     assert torch.allclose(got[0, :, 0], torch.tensor([1.0, 1.0], dtype=DT), rtol=1e-15)
 
 
-@pytest.mark.parametrize("batch", [3, mbase.LU2_MIN_BATCH])
+@pytest.mark.parametrize("batch", [3, small.LU2_MIN_BATCH])
 def test_singular_systems_give_nonfinite_answers_without_raising(batch):
     one = torch.zeros(batch, 1, 1, dtype=DT)
-    assert not torch.isfinite(mbase.small_solve(one, torch.ones(batch, 1, 1, dtype=DT))).any()
+    assert not torch.isfinite(small.small_solve(one, torch.ones(batch, 1, 1, dtype=DT))).any()
     two = torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=DT).expand(batch, 2, 2).clone()
-    assert not torch.isfinite(mbase.small_solve(two, torch.ones(batch, 2, 1, dtype=DT))).all()
+    assert not torch.isfinite(small.small_solve(two, torch.ones(batch, 2, 1, dtype=DT))).all()
 
 
 def test_closed_forms_have_no_batch_restrictions():
     # extra batch dimensions and a single system
     mat, _ = _gram(24, 2, 10.0, DT)
     rhs = torch.randn(24, 2, 1, generator=_gen(2), dtype=DT)
-    got = mbase.small_solve(mat.reshape(2, 3, 4, 2, 2), rhs.reshape(2, 3, 4, 2, 1))
+    got = small.small_solve(mat.reshape(2, 3, 4, 2, 2), rhs.reshape(2, 3, 4, 2, 1))
     assert torch.allclose(got.reshape(24, 2, 1), torch.linalg.solve(mat, rhs), rtol=1e-12)
-    one = mbase.small_solve(mat[0], rhs[0])
+    one = small.small_solve(mat[0], rhs[0])
     assert torch.allclose(one, torch.linalg.solve(mat[0], rhs[0]), rtol=1e-12)
 
 
@@ -391,7 +391,7 @@ def test_samplers_stay_on_the_set(name, dtype):
 
 def test_rank_deficiency_still_detected_with_two_constraints():
     twice = ml.ImplicitManifold(lambda x: torch.stack([x[..., 0] - 1, 2 * x[..., 0] - 2], dim=-1))
-    x0 = torch.ones(mbase.LU2_MIN_BATCH + 1, 3, dtype=DT)
+    x0 = torch.ones(small.LU2_MIN_BATCH + 1, 3, dtype=DT)
     with pytest.raises(ml.RankDeficientError, match="rank deficient"):
         ml.HMC(twice, lambda x: x[..., 1], step_size=0.1).init(x0)
 
@@ -454,7 +454,7 @@ def test_selected_points_carry_the_jacobian_a_new_evaluation_gives(name):
     selected point gives (enough chains for the elementwise 2 x 2 factor)."""
     p = get_problem(name)
     m, fresh = p.make_manifold(), p.make_manifold()
-    n = mbase.LU2_MIN_BATCH + 76
+    n = small.LU2_MIN_BATCH + 76
     x = p.initial(n, DT, "cpu", _gen(20))
     v = m.proju(x, 0.3 * torch.randn(x.shape, generator=_gen(21), dtype=DT))
     keep = (torch.arange(n) % 3 == 0).unsqueeze(-1)

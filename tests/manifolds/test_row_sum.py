@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from manifold_langevin.manifolds.base import (
+from manifold_langevin.manifolds.small_systems import (
     COMBINATION_MAX_COLUMNS,
     COMBINATION_MIN_ENTRIES,
     SHORT_ROW_MAX,
-    _normal_combination,
-    _row_product,
+    normal_combination,
+    row_product,
     row_sum,
 )
 
@@ -38,19 +38,19 @@ def test_row_sum_is_torch_sum_bit_for_bit(dtype, n, keepdim):
     "shape", [(1, 3, 1), (1, 2, 1), (1, 4, 1), (1, 5, 1), (2, 3, 1), (1, 3, 2)]
 )
 def test_row_product_is_the_batched_matmul(dtype, shape):
-    """``_row_product(a, b)`` (the ImplicitManifold's ``J v`` and Gram products) gives
+    """``row_product(a, b)`` (the ImplicitManifold's ``J v`` and Gram products) gives
     ``a @ b``: the shapes, and the numbers to rounding (a dot product of at most four terms)."""
     m, n, k = shape
     g = torch.Generator().manual_seed(n)
     a = torch.randn(1000, m, n, dtype=dtype, generator=g)
     b = torch.randn(1000, n, k, dtype=dtype, generator=g)
-    got, want = _row_product(a, b), a @ b
+    got, want = row_product(a, b), a @ b
     assert got.shape == want.shape
     eps = torch.finfo(dtype).eps
     bound = 4 * n * eps * (a.abs() @ b.abs())
     assert ((got - want).abs() <= bound).all()
     # broadcast batch dimensions, as for the Jacobian at the old point
-    assert _row_product(a, b[:1]).shape == (a @ b[:1]).shape
+    assert row_product(a, b[:1]).shape == (a @ b[:1]).shape
 
 
 class _Ops(TorchDispatchMode):
@@ -67,7 +67,7 @@ class _Ops(TorchDispatchMode):
 
 def _uses_matmul(jac_t, lam) -> bool:
     with _Ops() as ops:
-        _normal_combination(jac_t, lam)
+        normal_combination(jac_t, lam)
     return any(name.startswith("bmm") for name in ops.names)
 
 
@@ -77,14 +77,14 @@ def _uses_matmul(jac_t, lam) -> bool:
 )
 @pytest.mark.parametrize("chains", [1, 30, 2000])
 def test_normal_combination_is_the_batched_matmul_bit_for_bit(dtype, n, m, chains):
-    """``_normal_combination(J^T, lam)`` (SHAKE's correction ``J^T lam``) adds the columns'
+    """``normal_combination(J^T, lam)`` (SHAKE's correction ``J^T lam``) adds the columns'
     products in the batched matmul's order, or calls it: the same bits either way, also for
     a chain-minor Jacobian, and the branch is the one the size rule names."""
     g = torch.Generator().manual_seed(10 * n + m)
     jac_t = torch.randn(chains, n, m, dtype=dtype, generator=g)
     lam = torch.randn(chains, m, 1, dtype=dtype, generator=g)
     want = jac_t @ lam
-    assert torch.equal(_normal_combination(jac_t, lam), want)
+    assert torch.equal(normal_combination(jac_t, lam), want)
     columns = m <= COMBINATION_MAX_COLUMNS and chains * n >= COMBINATION_MIN_ENTRIES * m
     assert _uses_matmul(jac_t, lam) == (m > 1 and not columns)
     # the chains as the fastest-varying dimension, as for the points' chain-minor layout: the
@@ -92,11 +92,11 @@ def test_normal_combination_is_the_batched_matmul_bit_for_bit(dtype, n, m, chain
     if chains > 1:
         minor = jac_t.movedim(0, -1).contiguous().movedim(-1, 0)
         assert not minor.is_contiguous() and torch.equal(minor, jac_t)
-        got = _normal_combination(minor, lam)
+        got = normal_combination(minor, lam)
         assert torch.equal(got, minor @ lam if _uses_matmul(minor, lam) else want)
     # broadcast multipliers of one chain: the rule counts the broadcast batch
-    assert torch.equal(_normal_combination(jac_t, lam[:1]), jac_t @ lam[:1])
-    assert torch.equal(_normal_combination(jac_t[:1], lam), jac_t[:1] @ lam)
+    assert torch.equal(normal_combination(jac_t, lam[:1]), jac_t @ lam[:1])
+    assert torch.equal(normal_combination(jac_t[:1], lam), jac_t[:1] @ lam)
     assert _uses_matmul(jac_t[:1], lam) == _uses_matmul(jac_t, lam)
 
 
@@ -108,7 +108,7 @@ def test_normal_combination_is_differentiable(chains):
     jac_t = torch.randn(chains, 30, 6, dtype=torch.float64, generator=g).requires_grad_()
     lam = torch.randn(chains, 6, 1, dtype=torch.float64, generator=g).requires_grad_()
     w = torch.randn(chains, 30, 1, dtype=torch.float64, generator=g)
-    got = torch.autograd.grad((_normal_combination(jac_t, lam) * w).sum(), (jac_t, lam))
+    got = torch.autograd.grad((normal_combination(jac_t, lam) * w).sum(), (jac_t, lam))
     want = torch.autograd.grad(((jac_t @ lam) * w).sum(), (jac_t, lam))
     for a, b in zip(got, want):
         assert torch.allclose(a, b, rtol=1e-14, atol=1e-14)

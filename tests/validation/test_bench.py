@@ -310,12 +310,12 @@ def test_bench_constraint_algebra_variants_run_the_code_they_name():
     kinds = {}
     for name in bca.VARIANTS:
         with bca.variant(name):
-            kinds[name] = (mbase.small_factor(mat)[0], mbase._normal_combination)
+            kinds[name] = (mbase.small_factor(mat)[0], mbase.normal_combination)
     assert kinds["before"][0] == kinds["combination"][0] == "solve_ex"
     assert kinds["factor"][0] == kinds["now"][0] == "lu"
     assert kinds["before"][1] is kinds["factor"][1] is bca._combination_before
-    assert kinds["now"][1] is kinds["combination"][1] is mbase._normal_combination
-    assert torch.equal(bca._combination_before(jac_t, lam), mbase._normal_combination(jac_t, lam))
+    assert kinds["now"][1] is kinds["combination"][1] is mbase.normal_combination
+    assert torch.equal(bca._combination_before(jac_t, lam), mbase.normal_combination(jac_t, lam))
     assert mbase.small_factor(mat)[0] == "lu"  # restored
 
 

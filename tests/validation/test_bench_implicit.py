@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import manifold_langevin as ml
-from manifold_langevin.manifolds import base as mbase
+from manifold_langevin.manifolds import small_systems as small
 from manifold_langevin.testing import get_problem
 from validation import bench_implicit
 
@@ -41,7 +41,7 @@ def test_before_and_after_run_the_same_trajectory(name, kind, chains, lapack_2x2
                 state = s.step(state, gen)[0]
         runs.append(state)
     two = p.constraint(x0).shape[-1] == 2  # the 2 x 2 solves are the closed form's
-    if lapack_2x2_bits or chains < mbase.LU2_MIN_BATCH or not two:
+    if lapack_2x2_bits or chains < small.LU2_MIN_BATCH or not two:
         assert torch.equal(runs[0].x, runs[1].x)
         assert torch.equal(runs[0].p, runs[1].p)
     else:  # the 2 x 2 closed form against this machine's LAPACK, which rounds differently
