@@ -180,6 +180,7 @@ SIDE_CONTENDERS = {
     "ml_s2_implicit": ("s2", "ml_s2"),
     "ml_s2_implicit_quasi": ("s2", "ml_s2"),
     "ml_s2_implicit_newton3": ("s2", "ml_s2"),
+    "ml_s2_implicit_jac": ("s2", "ml_s2"),
     "ml_so3": ("stiefel", "ml_so3_general"),
     "ml_so3_general": ("stiefel", "ml_so3_general"),
     "ml_stiefel_10x3": ("stiefel", "ml_stiefel_10x3_general"),
@@ -232,8 +233,9 @@ def _side_maker(label: str, n: int, dtype: torch.dtype, device: str):
     newton = {"quasi": False, "frozen": "frozen", "newton3": 3}.get(label.rsplit("_", 1)[-1], True)
     if label.startswith("ml_s2_implicit"):
         return peers.make_ml_s2(
-            n, dtype, implicit=True, device=device, compile=compile, newton=newton
-        )
+            n, dtype, implicit=True, device=device, compile=compile, newton=newton,
+            user_jacobian=user_jacobian,
+        )  # fmt: skip
     if label.startswith(("ml_so3", "ml_stiefel")):
         rows = 3 if label.startswith("ml_so3") else 10
         general = label.endswith("_general")

@@ -659,6 +659,7 @@ SIDE_TARGETS = (
     ("ml_s2", "float64", 10_000, "the NumPy BAOAB loop on S^2", 3.0),
     ("ml_s2_implicit", "float64", 10_000, "`Sphere()` (ratio within 2x)", 0.5),
     ("ml_s2_implicit_newton3", "float64", 10_000, "`Sphere()` (ratio within 2x)", 0.5),
+    ("ml_s2_implicit_jac", "float64", 10_000, "`Sphere()` (ratio within 2x)", 0.5),
     ("ml_s2_implicit_compiled", "float64", 10_000, "compiled `Sphere()` (within 2x)", 0.5),
     ("ml_s2_compiled", "float64", 10_000, "the NumPy BAOAB loop on S^2", 3.0),
     ("ml_so3", "float64", 10_000, "the general-formula geodesic on SO(3)", 5.0),
@@ -776,6 +777,7 @@ def _side_reading(side: dict) -> str:
         implicit_quasi=q("ml_s2_implicit_quasi", 10_000),
         implicit_newton3=q("ml_s2_implicit_newton3", 10_000),
         implicit_compiled=q("ml_s2_implicit_compiled", 10_000),
+        implicit_jac=q("ml_s2_implicit_jac", 10_000),
         trimer_newton3=q("ml_trimer_newton3", 4_000),
         chain_newton3=q("ml_chain10_newton3", 4_000),
         trimer=q("ml_trimer", 4_000),
@@ -797,6 +799,7 @@ def _side_reading(side: dict) -> str:
         **alternated,
         **_stiefel_parts(),
         **_constraint_algebra(),
+        **_molecule_floor(),
     )
 
 
@@ -820,6 +823,46 @@ def _constraint_algebra() -> dict:
     for r in result["solves"]:
         if r["m"] == 9 and r["systems"] == 4_000:
             out["ca_factor_share"] = f"{100 * r['lu_factor_ex_ms'] / r['solve_ex_ms']:.0f}"
+    return out
+
+
+def _molecule_floor() -> dict:
+    """Placeholders from ``bench_molecule_floor.json`` (``mf_*``): OpenMM's Reference step, the
+    frozen and Newton steps' floors (the user's constraint and the normal draws alone) in ms and
+    as multiples of OpenMM's step, the evaluation counts, and one constraint evaluation as
+    written and in memory order."""
+    keys = (
+        "trimer_openmm chain_openmm frozen_g frozen_jac newton_jac draws trimer_draws "
+        "trimer_frozen_floor trimer_frozen_floor_x chain_frozen_floor chain_frozen_floor_x "
+        "trimer_newton_floor chain_newton_floor trimer_g trimer_g_mo chain_g chain_g_mo "
+        "trimer_frozen_floor_mo trimer_frozen_floor_mo_x chain_frozen_floor_mo "
+        "chain_frozen_floor_mo_x"
+    ).split()
+    out = {f"mf_{k}": "?" for k in keys}
+    path = RESULTS / "bench_molecule_floor.json"
+    if not path.exists():
+        return out
+    for r in json.loads(path.read_text())["molecules"]:
+        name = "trimer" if r["molecule"] == "trimer" else "chain"
+        frozen, newton = r["per_step"]["frozen"], r["per_step"]["True"]
+        omm = r["openmm_reference_step_ms"]
+        out[f"mf_{name}_openmm"] = "not measured" if omm is None else _ms(omm)
+        out[f"mf_{name}_frozen_floor"] = _ms(frozen["floor_ms"])
+        out[f"mf_{name}_newton_floor"] = _ms(newton["floor_ms"])
+        out[f"mf_{name}_frozen_floor_mo"] = _ms(frozen["floor_memory_order_ms"])
+        for key, v in (
+            ("floor", frozen["floor_ms"]),
+            ("floor_mo", frozen["floor_memory_order_ms"]),
+        ):
+            out[f"mf_{name}_frozen_{key}_x"] = "?" if omm is None else f"{v / omm:.1f}"
+        out[f"mf_{name}_g"] = _ms(r["constraint_ms"])
+        out[f"mf_{name}_g_mo"] = _ms(r["constraint_memory_order_ms"])
+        if name == "trimer":
+            out["mf_trimer_draws"] = _ms(frozen["normal_draws"] * r["normals_ms"])
+        out["mf_frozen_g"] = str(frozen["constraint_evaluations"])
+        out["mf_frozen_jac"] = str(frozen["jacobian_evaluations"])
+        out["mf_newton_jac"] = str(newton["jacobian_evaluations"])
+        out["mf_draws"] = str(frozen["normal_draws"])
     return out
 
 

@@ -13,7 +13,8 @@ benchmark times ``run`` (``validation.bench_sampler``, sweep ``side_by_side``).
   ``ml_s2_implicit_quasi``: the same with ``newton=False`` (quasi-Newton SHAKE: the constraint's
   Jacobian formed once per solve; shorter reach, see ``validation/implicit_reach.py``);
   ``ml_s2_implicit_newton3``: ``newton=3`` (Newton's matrix at the first three iterates, then
-  kept).
+  kept); ``ml_s2_implicit_jac``: Newton's SHAKE with the constraint's Jacobian written out
+  (:func:`sphere_jacobian`, ``2 x``: the ``jacobian`` argument) instead of autodiff.
 * ``ml_so3`` / ``ml_stiefel_10x3``: ``Stiefel()`` 3 x 3 and 10 x 3 (exact geodesic), potential
   ``-tr(F^T X)``; ``ml_so3_general`` / ``ml_stiefel_10x3_general``: the same with the geodesic
   computed by the general formula with ``torch.linalg.matrix_exp`` for both exponentials
@@ -71,6 +72,7 @@ __all__ = [
     "ml_molecule_sampler",
     "ml_s2_sampler",
     "openmm_available",
+    "sphere_jacobian",
 ]
 
 #: bond length (nm), angle stiffness (kJ/mol/rad^2) and rest angle of the molecules
@@ -153,12 +155,13 @@ def make_ml_s2(
     device="cpu",
     compile: bool = False,
     newton: bool | int | str = True,
+    user_jacobian: bool = False,
 ) -> Callable[[int], torch.Tensor]:
     """The library's BAOAB on S^2 with the vMF potential (gradient by autograd), on ``Sphere()``
     or (``implicit=True``) on ``ImplicitManifold(|x|^2 - 1)``, ``newton`` its SHAKE iteration
-    (``ImplicitManifold``'s argument)."""
+    (``ImplicitManifold``'s argument), ``user_jacobian`` gives it :func:`sphere_jacobian`."""
     gen = torch.Generator().manual_seed(seed)
-    sampler = ml_s2_sampler(dtype, device, implicit, newton)
+    sampler = ml_s2_sampler(dtype, device, implicit, newton, user_jacobian)
     x0 = torch.nn.functional.normalize(torch.randn(n_chains, 3, generator=gen, dtype=dtype), dim=-1)
     return _sampler_run(sampler, x0.to(device), seed, compile)
 
@@ -168,12 +171,18 @@ def ml_s2_sampler(
     device="cpu",
     implicit: bool = False,
     newton: bool | int | str = True,
+    user_jacobian: bool = False,
 ) -> ml.Langevin:
     """The sampler of :func:`make_ml_s2`: BAOAB on S^2 with the vMF potential ``-kappa mu.x``
-    (``mu`` the third axis), on ``Sphere()`` or ``ImplicitManifold(|x|^2 - 1)``."""
+    (``mu`` the third axis), on ``Sphere()`` or ``ImplicitManifold(|x|^2 - 1)`` (with
+    :func:`sphere_jacobian` when ``user_jacobian``)."""
     mu = torch.tensor([0.0, 0.0, 1.0], dtype=dtype, device=device)
     if implicit:
-        manifold = ml.ImplicitManifold(lambda x: (x * x).sum(-1) - 1.0, newton=newton)
+        manifold = ml.ImplicitManifold(
+            lambda x: (x * x).sum(-1) - 1.0,
+            newton=newton,
+            jacobian=sphere_jacobian if user_jacobian else None,
+        )
     else:
         manifold = ml.Sphere()
     return ml.Langevin(
@@ -183,6 +192,13 @@ def ml_s2_sampler(
         friction=FRICTION,
         temperature=TEMPERATURE,
     )
+
+
+def sphere_jacobian(x: torch.Tensor) -> torch.Tensor:
+    """``Dg(x) = 2 x`` of the unit sphere's constraint ``|x|^2 - 1``, ``(..., 3)`` (one row):
+    the one line a user writes instead of autodiff; autograd's gradient ``x + x`` is the same
+    number bit for bit."""
+    return 2.0 * x
 
 
 class GeneralFormulaStiefel(ml.Stiefel):

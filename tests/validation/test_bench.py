@@ -124,6 +124,25 @@ def test_side_by_side_contenders_simulate_the_same_molecule():
     assert np.abs(np.linalg.norm(x, axis=1) - 1).max() < 1e-12
 
 
+def test_the_sphere_jacobian_contender_runs_the_autodiff_simulation():
+    """``ml_s2_implicit_jac``'s written-out Jacobian ``2 x`` is autodiff's gradient of
+    ``|x|^2 - 1`` bit for bit, so its run is the autodiff run's, number for number; both stay on
+    the sphere."""
+    from validation import sampler_peers as peers
+
+    x = torch.nn.functional.normalize(torch.randn(40, 3, dtype=torch.float64), dim=-1)
+    auto = ml.ImplicitManifold(lambda y: (y * y).sum(-1) - 1.0)
+    assert torch.equal(auto.jacobian(x).squeeze(-2), peers.sphere_jacobian(x))
+    with_jac = peers.make_ml_s2(16, implicit=True, user_jacobian=True)(25)
+    assert torch.equal(with_jac, peers.make_ml_s2(16, implicit=True)(25))
+    assert float((with_jac.norm(dim=-1) - 1).abs().max()) < 1e-12
+    # without the flag the manifold has no user Jacobian: the two contenders differ in it only
+    assert peers.ml_s2_sampler(implicit=True).manifold.user_jacobian is None
+    assert peers.ml_s2_sampler(implicit=True, user_jacobian=True).manifold.user_jacobian is (
+        peers.sphere_jacobian
+    )
+
+
 def test_bench_subcommand(tmp_path):
     ap = argparse.ArgumentParser(prog="manifold-langevin")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -317,6 +336,51 @@ def test_bench_constraint_algebra_variants_run_the_code_they_name():
     assert kinds["now"][1] is kinds["combination"][1] is mbase.normal_combination
     assert torch.equal(bca._combination_before(jac_t, lam), mbase.normal_combination(jac_t, lam))
     assert mbase.small_factor(mat)[0] == "lu"  # restored
+
+
+def test_bench_molecule_floor_quick_run(tmp_path):
+    """``validation/bench_molecule_floor.py --quick``: every piece timed, the step's evaluations
+    counted (Newton: a Jacobian at each of the two solves' 6 iterates and at each new point;
+    frozen: the constraint alone at the 12 iterates), and the floor is the counts times the
+    pieces' times."""
+    from validation import bench_molecule_floor as bmf
+
+    assert bmf.main(["--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "quick" / "bench_molecule_floor.json").read_text())
+    assert [r["molecule"] for r in result["molecules"]] == ["trimer", "chain10"]
+    for r in result["molecules"]:
+        assert r["constraint_ms"] > 0 and r["jacobian_ms"] > 0 and r["normals_ms"] > 0
+        assert (r["openmm_reference_step_ms"] is None) == (r["openmm_skipped"] is not None)
+        newton, frozen = r["per_step"]["True"], r["per_step"]["frozen"]
+        assert (newton["constraint_evaluations"], newton["jacobian_evaluations"]) == (0, 14)
+        assert (frozen["constraint_evaluations"], frozen["jacobian_evaluations"]) == (12, 2)
+        for p in (newton, frozen):
+            assert p["normal_draws"] == 2
+            floor = (
+                p["constraint_evaluations"] * r["constraint_ms"]
+                + p["jacobian_evaluations"] * r["jacobian_ms"]
+                + 2 * r["normals_ms"]
+            )
+            assert p["floor_ms"] == pytest.approx(floor, rel=1e-12)
+            mo = floor + p["constraint_evaluations"] * (
+                r["constraint_memory_order_ms"] - r["constraint_ms"]
+            )
+            assert p["floor_memory_order_ms"] == pytest.approx(mo, rel=1e-12)
+
+
+def test_the_memory_order_constraint_gives_the_benchmark_constraints_numbers():
+    """The floor's memory-order bond sum is the benchmark's constraint, bit for bit, in the
+    samplers' chain-minor layout and in the default one."""
+    from manifold_langevin.integrators.base import chain_minor
+    from validation import bench_molecule_floor as bmf
+    from validation import sampler_peers as peers
+
+    for beads in (3, 10):
+        x = torch.randn(500, 3 * beads, dtype=torch.float64)
+        g, g_mo = peers.chain_constraint(beads), bmf.memory_order_constraint(beads)
+        for y in (x, chain_minor(x, 1)):
+            assert torch.equal(g_mo(y), g(y))
+        assert not chain_minor(x, 1).is_contiguous()
 
 
 def test_implicit_reach_quick_run(tmp_path):
