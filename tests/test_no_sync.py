@@ -13,7 +13,9 @@ What is guarded:
   manifold object (the released o-CoLA SHAKE of ``validation.baselines``) and unconstrained
   parameters, at zero and positive temperature, ``"ud"`` and ``"od"``. The first step of a
   parameter reads its constraint residual once (the documented off-manifold check), so each
-  optimizer takes one unguarded step first.
+  optimizer takes one unguarded step first. These tests run the device-generic step, the one
+  CUDA takes: on CPU, where a read costs no synchronisation, the eager circle update reads one
+  sum of each chunk's angles (counted below, not forbidden).
 * the default ``on_nonfinite="raise"`` costs exactly one read per step (checked, not forbidden).
 * ``Langevin.sample`` / ``OverdampedLangevin.sample``: from the first integrator step to the end
   of the loop (start-up checks and the final totals are host reads by design).
@@ -27,7 +29,7 @@ import pytest
 import torch
 
 import manifold_langevin as ml
-from manifold_langevin.optim import CoLA, orthogonal_init_
+from manifold_langevin.optim import CoLA, orthogonal_init_, updates
 from manifold_langevin.sampling import loop as sampling
 from validation.baselines import PaperStiefel
 
@@ -149,7 +151,8 @@ def _grads(opt, seed):
     ],
     ids=["T0", "T>0", "T0-unfused", "od", "substeps"],
 )
-def test_cola_step_has_no_host_sync(guard, params, config):
+def test_cola_step_has_no_host_sync(monkeypatch, guard, params, config):
+    monkeypatch.setattr(updates, "HOST_READABLE_DEVICES", ())
     groups = _param_sets()[params]
     opt = CoLA(groups, lr=0.05, friction=1.0, on_nonfinite="mask", seed=0, **config)
     _grads(opt, 0)
@@ -183,6 +186,26 @@ def test_strict_modes_read_one_flag_per_step(monkeypatch, params, options):
         with guard:
             opt.step()
     assert len(guard.calls) == 3, [c[0] for c in guard.calls]
+    assert opt.n_rejected() == 0
+
+
+def test_cpu_sync_free_circle_step_reads_one_sum_per_chunk(monkeypatch):
+    """On CPU the sync-free eager circle step reads one value per chunk of each circle tensor
+    (the sum that tells whether a chunk's angles are all finite), and nothing else."""
+    sizes = (2 * updates.CHUNK + 5, 300)  # 3 chunks and 1
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(0.05 * (2 * torch.rand(n, generator=gen) - 1)) for n in sizes]
+    opt = CoLA([{"params": params, "constraint": "circle", "radius": 0.05}], lr=0.05,
+               friction=1.0, temperature=1e-3, on_nonfinite="mask", seed=0)  # fmt: skip
+    guard = SyncGuard(monkeypatch, strict=False)
+    for k in range(3):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        with guard:
+            opt.step()
+        if k == 0:  # the first step also reads each parameter's constraint residual
+            guard.calls.clear()
+    assert [c[0] for c in guard.calls] == ["__float__"] * 8
     assert opt.n_rejected() == 0
 
 

@@ -12,7 +12,9 @@ Cases (``CASES``):
 * ``circle_1e6``: the circle constraint on 10^6 weights (one flat tensor, radius 0.1). Baseline
   ``torch.optim.SGD(momentum=0.9)``; peers ``geoopt.optim.RiemannianSGD`` on the same weights
   as ``(N, 2)`` points of ``geoopt.Sphere`` (momentum 0.9); CoLA eager (``cola``: the default,
-  with its one finiteness sync; ``cola_mask``: sync-free, ``on_nonfinite="mask"``), eager at
+  with its one finiteness sync; ``cola_mask``: sync-free, ``on_nonfinite="mask"``, which on
+  CPU reads one sum per chunk of angles and selects entry by entry only where one is not finite;
+  ``cola_mask_everywhere``: the same selecting in every chunk, the path of an accelerator), eager at
   temperature 1e-4 (``cola_noisy``: the default ``fuse=True``, one rotation per step with one
   normal per weight; ``cola_noisy_unfused``: rotate, O, rotate) and ``CoLA(compile=True)`` with
   and without the sync; ``normal_draws``: the one normal per weight of the noisy step alone.
@@ -71,7 +73,7 @@ import geoopt
 import torch
 from tqdm.auto import tqdm
 
-from manifold_langevin.optim import CoLA, constrained_groups, orthogonal_init_
+from manifold_langevin.optim import CoLA, constrained_groups, orthogonal_init_, updates
 from validation.baselines import PaperStiefel
 
 __all__ = ["CASES", "TARGETS", "Case", "main", "median_ms", "run", "time_methods"]
@@ -215,21 +217,37 @@ def _sphere_points(w: torch.Tensor, radius: float) -> torch.Tensor:
 NOISY_TAU = 1e-4
 
 
-def _cola_variants(make: Callable[..., CoLA], compiled: bool) -> dict[str, CoLA]:
-    """Eager CoLA (the default, and sync-free ``on_nonfinite="mask"``), at temperature
-    :data:`NOISY_TAU` (the default ``fuse=True``: one rotation per step; and ``fuse=False``:
-    rotate, O, rotate), and (``compiled``) ``compile=True`` with and without the finiteness
-    sync."""
+def _cola_variants(make: Callable[..., CoLA], compiled: bool) -> dict[str, Callable[[], object]]:
+    """The steps of eager CoLA (the default; sync-free ``on_nonfinite="mask"``, and the same
+    with the device-generic selection in every chunk), at temperature :data:`NOISY_TAU` (the
+    default ``fuse=True``: one rotation per step; and ``fuse=False``: rotate, O, rotate), and
+    (``compiled``) ``compile=True`` with and without the finiteness sync."""
     out = {
-        "cola": make(),
-        "cola_mask": make(on_nonfinite="mask"),
-        "cola_noisy": make(temperature=NOISY_TAU),
-        "cola_noisy_unfused": make(temperature=NOISY_TAU, fuse=False),
+        "cola": make().step,
+        "cola_mask": make(on_nonfinite="mask").step,
+        "cola_mask_everywhere": _selecting_everywhere(make(on_nonfinite="mask").step),
+        "cola_noisy": make(temperature=NOISY_TAU).step,
+        "cola_noisy_unfused": make(temperature=NOISY_TAU, fuse=False).step,
     }
     if compiled:
-        out["cola_compiled"] = make(compile=True)
-        out["cola_compiled_nosync"] = make(compile=True, on_nonfinite="mask")
+        out["cola_compiled"] = make(compile=True).step
+        out["cola_compiled_nosync"] = make(compile=True, on_nonfinite="mask").step
     return out
+
+
+def _selecting_everywhere(step: Callable[[], object]) -> Callable[[], object]:
+    """``step`` with the sync-free circle update of an accelerator, which selects entry by
+    entry in every chunk, where on CPU it selects only in a chunk with a non-finite angle."""
+
+    def run():
+        saved = updates.HOST_READABLE_DEVICES
+        updates.HOST_READABLE_DEVICES = ()
+        try:
+            return step()
+        finally:
+            updates.HOST_READABLE_DEVICES = saved
+
+    return run
 
 
 def _normal_draws(n: int, device, dtype) -> Callable[[], object]:
@@ -262,7 +280,7 @@ def case_circle_flat(
         c.grad = g0.to(device=device, dtype=dtype)
         return CoLA([c], lr=lr, friction=1.0, constraint="circle", radius=radius, **kw)
 
-    methods.update({k: o.step for k, o in _cola_variants(make, compiled).items()})
+    methods.update(_cola_variants(make, compiled))
     methods["normal_draws"] = _normal_draws(n, device, dtype)
     return Case(
         name="circle_1e6" if n == 10**6 else f"circle_{n}",
@@ -324,7 +342,7 @@ def case_circle_mlp(sizes, device, dtype, lr: float = 0.1, compiled: bool = True
         m = clone_model()
         return CoLA(constrained_groups(m, "circle"), lr=lr, friction=1.0, **kw)
 
-    methods.update({k: o.step for k, o in _cola_variants(make, compiled).items()})
+    methods.update(_cola_variants(make, compiled))
     n_weights = sum(p.numel() for p in base.parameters() if p.dim() >= 2)
     methods["normal_draws"] = _normal_draws(n_weights, device, dtype)
     return Case(

@@ -25,8 +25,10 @@ each timed as ``run(n_steps)`` of its own loop; float64 and float32, chain count
 ``SIDE_CHAINS``): on S^2 a hand-written NumPy BAOAB (the floor to beat), ``Sphere()`` and the
 same sphere through ``ImplicitManifold``; SO(3) and V(10, 3) through ``Stiefel()``; the rigid
 trimer and the 10-bead chain through ``ImplicitManifold`` (Newton's SHAKE, its quasi-Newton
-and frozen old-point iterations, three Newton iterates with a kept matrix after them, and
-Newton's and the frozen iteration with the bonds' Jacobian supplied in closed form) against
+and frozen old-point iterations, three Newton iterates with a kept matrix after them,
+Newton's and the frozen iteration with the bonds' Jacobian supplied in closed form, and
+``*_obabo``: the registered OBABO scheme instead of BAOAB, whose one A step per step is one
+SHAKE solve, as in OpenMM's integrator, against BAOAB's two) against
 OpenMM's Reference and CPU platforms (skipped, and said so in the JSON, when openmm is not
 installed; its rows are labelled float64, OpenMM's own precision on those platforms).
 ``ratios`` in the JSON divide each contender's chain-steps/s by the reference's at the same
@@ -197,6 +199,9 @@ SIDE_CONTENDERS = {
     "ml_trimer_newton3": ("trimer", "openmm_reference_trimer"),
     "ml_trimer_jac": ("trimer", "openmm_reference_trimer"),
     "ml_trimer_frozen_jac": ("trimer", "openmm_reference_trimer"),
+    "ml_trimer_obabo": ("trimer", "openmm_reference_trimer"),
+    "ml_trimer_frozen_jac_obabo": ("trimer", "openmm_reference_trimer"),
+    "ml_trimer_frozen_obabo_compiled": ("trimer", "openmm_reference_trimer"),
     "openmm_reference_trimer": ("trimer", "openmm_reference_trimer"),
     "openmm_cpu_trimer": ("trimer", "openmm_reference_trimer"),
     "ml_chain10": ("chain10", "openmm_reference_chain10"),
@@ -207,6 +212,9 @@ SIDE_CONTENDERS = {
     "ml_chain10_newton3": ("chain10", "openmm_reference_chain10"),
     "ml_chain10_jac": ("chain10", "openmm_reference_chain10"),
     "ml_chain10_frozen_jac": ("chain10", "openmm_reference_chain10"),
+    "ml_chain10_obabo": ("chain10", "openmm_reference_chain10"),
+    "ml_chain10_frozen_jac_obabo": ("chain10", "openmm_reference_chain10"),
+    "ml_chain10_frozen_obabo_compiled": ("chain10", "openmm_reference_chain10"),
     "openmm_reference_chain10": ("chain10", "openmm_reference_chain10"),
     "openmm_cpu_chain10": ("chain10", "openmm_reference_chain10"),
 }
@@ -223,6 +231,8 @@ def _side_maker(label: str, n: int, dtype: torch.dtype, device: str):
     np_dtype = {torch.float64: "float64", torch.float32: "float32"}[dtype]
     compile = label.endswith("_compiled")
     label = label.removesuffix("_compiled")
+    scheme = "OBABO" if label.endswith("_obabo") else "BAOAB"
+    label = label.removesuffix("_obabo")
     user_jacobian = label.endswith("_jac")
     label = label.removesuffix("_jac")
     beads = 3 if "trimer" in label else 10
@@ -245,7 +255,7 @@ def _side_maker(label: str, n: int, dtype: torch.dtype, device: str):
     if label.startswith("ml_"):
         return peers.make_ml_molecule(
             n, beads, dtype, device=device, compile=compile, newton=newton,
-            user_jacobian=user_jacobian,
+            user_jacobian=user_jacobian, scheme=scheme,
         )  # fmt: skip
     platform = "Reference" if "reference" in label else "CPU"
     return peers.make_openmm_molecule(n, beads, platform)

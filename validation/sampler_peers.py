@@ -316,11 +316,14 @@ def make_ml_molecule(
     compile: bool = False,
     newton: bool | int | str = True,
     user_jacobian: bool = False,
+    scheme: str = "BAOAB",
 ) -> Callable[[int], torch.Tensor]:
-    """The molecule through ``ImplicitManifold`` and ``Langevin`` (BAOAB), one chain per
-    molecule; ``newton`` is the SHAKE iteration (``ImplicitManifold``'s argument),
+    """The molecule through ``ImplicitManifold`` and ``Langevin`` (BAOAB, or ``scheme``), one
+    chain per molecule; ``newton`` is the SHAKE iteration (``ImplicitManifold``'s argument),
     ``user_jacobian`` gives it the closed-form :func:`chain_jacobian`."""
-    sampler, x0 = ml_molecule_sampler(n_chains, n_beads, dtype, seed, device, newton, user_jacobian)
+    sampler, x0 = ml_molecule_sampler(
+        n_chains, n_beads, dtype, seed, device, newton, user_jacobian, scheme
+    )
     return _sampler_run(sampler, x0, seed, compile)
 
 
@@ -332,6 +335,7 @@ def ml_molecule_sampler(
     device="cpu",
     newton: bool | int | str = True,
     user_jacobian: bool = False,
+    scheme: str = "BAOAB",
 ) -> tuple[ml.Langevin, torch.Tensor]:
     """``(sampler, x0)`` of :func:`make_ml_molecule`: the sampler and the start positions
     ``(n_chains, 3 n_beads)``."""
@@ -349,6 +353,7 @@ def ml_molecule_sampler(
         step_size=MD_STEP,
         friction=MD_FRICTION,
         temperature=KT_300K,
+        scheme=scheme,
     )
     return sampler, x0
 

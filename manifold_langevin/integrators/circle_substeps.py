@@ -15,10 +15,11 @@ by the tangent part of the force, a free flow rotates $(w, \xi)$ by $\omega t$ a
 unchanged, and the O step acts on it alone. That is what makes CoLA's eager circle step 14
 elementwise passes over memory (the two components took 23).
 
-Every function is elementwise and branches on no number's value, so the numbers may be 0-d
-tensors (as they are under ``torch.compile``, where Python numbers would either recompile for
-every new value or be baked into the kernel); with Python numbers the eager path uses the
-fused ``addcmul`` forms.
+Every function is elementwise and branches on no number's value (the one test of values a step
+may make is its caller's: ``hold`` may be a function of the angles, see
+[`baoa_step_circles`][]), so the numbers may be 0-d tensors (as they are under
+``torch.compile``, where Python numbers would either recompile for every new value or be baked
+into the kernel); with Python numbers the eager path uses the fused ``addcmul`` forms.
 """
 
 from __future__ import annotations
@@ -97,6 +98,15 @@ def hold_nonfinite(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     clean = torch.nan_to_num(theta, nan=0.0, posinf=0.0, neginf=0.0)
     held = theta.sub_(clean).nan_to_num_(nan=1.0, posinf=1.0, neginf=1.0)
     return clean, held
+
+
+def _held(theta: torch.Tensor, hold) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(angles, indicator)`` for [`baoa_step_circles`][]'s ``hold``: those of
+    [`hold_nonfinite`][] when ``hold`` is ``True`` or a function of the angles that answers
+    ``True``; else the angles as they are and ``None``."""
+    if hold is True or (callable(hold) and hold(theta)):
+        return hold_nonfinite(theta)
+    return theta, None
 
 
 def _zero_held(omega: torch.Tensor, held: torch.Tensor, inplace: bool) -> torch.Tensor:
@@ -230,36 +240,36 @@ def baoa_step_circles(
             and a finite kicked angular velocity (the angle is a positive multiple of it plus
             noise; with ``fuse=False`` the second angle is within the noise of the first), so
             the new point and angular velocity are finite. Every other entry gets exactly the
-            numbers of ``hold=False``.
+            numbers of ``hold=False``. Or a function of the angles that says whether to hold
+            (a caller that can read values for free, CoLA on CPU, passes a test of their sum):
+            where it answers ``False`` no entry is held, and the indicator is ``None``.
 
     Returns:
-        ``(w, xi, omega)``; with ``hold`` also the 0/1 indicator of the held entries.
+        ``(w, xi, omega)``; with ``hold`` (``True`` or a function) also the 0/1 indicator of
+        the held entries (``None`` where the function answered ``False``).
     """
     omega = circle_kick(omega, xi, grad, kick_h, radius, inplace)
     b = None if noise is None else c2 / radius
-    held = None
     if fuse:
         # one rotation by theta = h/2 (omega + omega'), omega' = c1 omega + b z
         theta = omega * (0.5 * (1.0 + c1) * h)
         if noise is not None:
             theta = _add(theta, noise, 0.5 * h * b, True)  # theta is ours to overwrite
-        if hold:
-            theta, held = hold_nonfinite(theta)
+        theta, held = _held(theta, hold)
         w_t, xi = circle_turn(w, xi, theta, radius, inplace, exact, held)
         omega = _scale(omega, c1, inplace)
         if noise is not None:
             omega = _add(omega, noise, b, inplace)
-        if hold:
+        if held is not None:
             omega = _zero_held(omega, held, inplace)
     else:
         theta = omega * (0.5 * h)
-        if hold:
-            theta, held = hold_nonfinite(theta)
+        theta, held = _held(theta, hold)
         w_t, xi = circle_turn(w, xi, theta, radius, inplace, exact, held)
         omega = _scale(omega, c1, inplace)
         if noise is not None:
             omega = _add(omega, noise, b, inplace)
-        if hold:
+        if held is not None:
             omega = _zero_held(omega, held, inplace)
         w_t, xi = circle_turn(w_t, xi, omega * (0.5 * h), radius, inplace, held=held)
     w_t = circle_bound(w_t, radius, out=w if inplace else None)

@@ -56,9 +56,9 @@ def make_optimizer(
     after moving the model to its device: when the parameters are on an accelerator, CoLA runs with
     ``on_nonfinite="mask"`` (unless ``options`` say otherwise) so that a step never synchronises
     with the host (a non-finite update is rejected entry by entry and counted in ``n_rejected``;
-    [`train`][] stops when an epoch's loss is not finite). On the CPU a host read costs nothing
-    while the masking passes do (the performance page has the measured cost), so there CoLA
-    keeps its default ``"raise"``.
+    [`train`][] stops when an epoch's loss is not finite). On the CPU a host read costs nothing,
+    so there CoLA keeps its default ``"raise"``: a NaN/Inf gradient stops with the parameter's
+    name instead of being masked.
 
     Args:
         name: ``"sgd"`` (momentum), ``"adam"``, ``"cola"`` (underdamped, unconstrained),

@@ -32,11 +32,14 @@ times about $a^2$. The overdamped scheme at ``temperature=0`` without constraint
 ``lr = h``.
 
 **Host synchronisation.** With ``on_nonfinite="mask"`` (and ``on_failure="reject"``)
-[`CoLA.step`][manifold_langevin.optim.CoLA.step] never reads a tensor value on the host: SHAKE
-convergence and finiteness are per-matrix (per-tensor for circles) device-side flags that select
-between the new and the old values, and failure counters live on the device. The strict modes
-cost one host synchronisation each per step: ``on_nonfinite="raise"`` (the default) or ``"skip"``
-reads one flag (all gradient norms finite) before anything is changed, and
+[`CoLA.step`][manifold_langevin.optim.CoLA.step] never reads a tensor value of an accelerator
+on the host: SHAKE convergence and finiteness are per-matrix (per-tensor for circles)
+device-side flags that select between the new and the old values, and failure counters live on
+the device. On CPU, where a read costs no synchronisation, the eager circle update reads one
+number per chunk of 65,536 weights, the sum of the chunk's rotation angles, and selects entry by
+entry only in a chunk where that sum is not finite (the same numbers as selecting everywhere).
+The strict modes cost one host synchronisation each per step: ``on_nonfinite="raise"`` (the
+default) or ``"skip"`` reads one flag (all gradient norms finite) before anything is changed, and
 ``on_failure="raise"`` reads one flag (all solves converged) before anything is written.
 ``on_failure="subdivide"`` reads the same flag; in a step where a solve failed it then reads a few
 more (one per retried bucket and per round of retries). The very first step of each parameter
@@ -185,9 +188,8 @@ class CoLA(Optimizer):
     with 16 times the sub-steps are rejected and counted as above. No NaN is written into a
     constrained parameter (one exception: outside ``on_nonfinite="mask"`` a circle update that
     overflows the dtype, from a gradient or ``lr`` near its largest value, e.g. ``lr = 300`` or a
-    gradient of ``6e4`` in float16, is not checked, since checking costs about a fifth of the
-    eager circle step, the price of the sync-free mode on the E2 network; ``"mask"`` rejects
-    such entries).
+    gradient of ``6e4`` in float16, is not checked, since checking entry by entry costs about a
+    fifth of the eager circle step; ``"mask"`` rejects such entries).
 
     State (per parameter, in [`state_dict`][]): ``step``, ``pending_kick`` (the carried
     $h/2$), ``momentum_buffer`` (``"ud"``, parameters not on circles; for an orthogonal weight

@@ -17,6 +17,7 @@ once and return a no-op), ``ok`` is a device-side flag per matrix (per tensor fo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -134,6 +135,21 @@ def circle_update(state, grad, noise, ud, fuse, mask, exact, kick_h, h, c1, c2, 
     return _keep_finite(state, new, ok), (~ok).sum()
 
 
+#: device types whose tensors the host reads without a synchronisation (their memory is the
+#: host's). There the eager sync-free circle step tests each chunk's angles with one sum and takes
+#: the per-entry selection only in a chunk with a NaN/Inf angle; elsewhere it always selects, and
+#: reads nothing.
+HOST_READABLE_DEVICES = ("cpu",)
+
+
+def _any_nonfinite(theta: torch.Tensor) -> bool:
+    """Whether an angle of the chunk may be NaN/Inf, from their sum (one host read): a sum is
+    finite only if every term is. A sum that overflows from finite terms answers ``True`` too,
+    and the selection then holds nothing (half precisions are summed in float32)."""
+    wide = torch.float32 if theta.dtype in (torch.float16, torch.bfloat16) else None
+    return not math.isfinite(float(theta.sum(dtype=wide)))
+
+
 def _held_count(held: torch.Tensor) -> torch.Tensor:
     """The number of held entries of a 0/1 indicator, as an integer 0-d tensor (a float sum
     of ones: exact up to 2^24 held entries; half precisions are summed in float32)."""
@@ -148,7 +164,8 @@ def _keep_finite(state, new, ok):
 
 
 def circle_update_(state, grad, noise, ud, fuse, mask, exact, *numbers):
-    """[`circle_update`][] written into ``state`` (in place); returns the rejection count.
+    """[`circle_update`][] written into ``state`` (in place); returns the rejection count
+    (``None`` outside the ``"mask"`` mode, and on CPU for a chunk whose angles were all finite).
 
     This is the function ``CoLA(compile=True)`` hands to ``torch.compile``: the whole update of a
     tensor becomes one loop over memory (14 elementwise passes in eager mode). It is then
@@ -165,11 +182,13 @@ def circle_update_(state, grad, noise, ud, fuse, mask, exact, *numbers):
     if mask and ud and not is_compiling():
         # eager: the in-place step holds the non-finite entries itself, in float arithmetic
         # (on CPU comparisons and torch.where cost several times an add): the entries that
-        # circle_update's selection rejects, with the same old values, in a few cheap passes
+        # circle_update's selection rejects, with the same old values, in a few cheap passes;
+        # where reading a value is free, only in a chunk whose angles are not all finite
         kick_h, h, c1, c2, _, radius = numbers
+        hold = _any_nonfinite if grad.device.type in HOST_READABLE_DEVICES else True
         *_, held = baoa_step_circles(*state, grad, kick_h, h, c1, c2, radius, noise, fuse,
-                                     True, exact, hold=True)  # fmt: skip
-        return _held_count(held)
+                                     True, exact, hold=hold)  # fmt: skip
+        return None if held is None else _held_count(held)
     new, bad = circle_update(state, grad, noise, ud, fuse, mask, exact, *numbers)
     for t, n in zip(state, new):
         t.copy_(n)
@@ -227,6 +246,7 @@ def update_circles(b: Bucket, gen, *, mask: bool, defer: bool, compiled: Callabl
                 else:
                     nb = circle_update_(piece, gp, z, ud, fuse, mask, exact, *numbers)
                 bads.append(nb)
+            bads = [nb for nb in bads if nb is not None]  # None: nothing held there
             bad = torch.stack(bads).sum() if mask and bads else None
         if mask and bad is not None:
             counters[i].add_(bad)

@@ -148,6 +148,11 @@ def test_eager_circle_mask_matches_the_functional_selection(fuse, noisy):
 
 
 def test_mask_mode_step_reads_nothing_on_the_host(monkeypatch):
+    """The device-generic sync-free step (CUDA's; on CPU the eager circle step may read one sum
+    per chunk, next test) reads no tensor value."""
+    from manifold_langevin.optim import updates
+
+    monkeypatch.setattr(updates, "HOST_READABLE_DEVICES", ())
     model, opt = _model_and_opt("orthogonal", on_nonfinite="mask")
     circ, copt = _model_and_opt("circle", on_nonfinite="mask")
     x, y = batches(1)
@@ -162,6 +167,61 @@ def test_mask_mode_step_reads_nothing_on_the_host(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, boom)
     opt.step()
     copt.step()
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("noisy", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_cpu_mask_step_tests_each_chunk_then_holds_as_the_generic_step(monkeypatch, fuse, noisy,
+                                                                        dtype):  # fmt: skip
+    """On CPU the eager sync-free circle step reads one sum of each chunk's angles and holds
+    entries only in a chunk where one is not finite: the same numbers, bit for bit, as the
+    device-generic step that always holds, the same rejection counts, and one read per chunk."""
+    from manifold_langevin.integrators.substeps import ou_coefficients
+    from manifold_langevin.optim import updates
+
+    g = torch.Generator().manual_seed(9)
+    n, radius, h = 3 * updates.CHUNK, 0.1, 0.3
+    a = updates.CHUNK
+    angle = torch.rand(n, dtype=torch.float64, generator=g) * 6.3
+    angle[a + 300] = torch.pi / 2  # xi = r: the kick of the largest gradient overflows there
+    state = [radius * torch.cos(angle), radius * torch.sin(angle)]
+    state.append(torch.randn(n, dtype=torch.float64, generator=g))
+    grad = torch.randn(n, dtype=torch.float64, generator=g)
+    # the middle chunk has a NaN, an Inf, and a finite gradient so large that its kick overflows
+    grad[a + 5], grad[a + 77] = float("nan"), float("inf")
+    grad[a + 300] = torch.finfo(dtype).max
+    state, grad = [t.to(dtype) for t in state], grad.to(dtype)
+    z = torch.randn(n, dtype=torch.float64, generator=g).to(dtype) if noisy else None
+    c1, c2 = ou_coefficients(1.0, 1e-2 if noisy else 0.0, h)
+    numbers = (0.5 * h, h, c1, c2, 1e-2, radius)
+
+    def run(readable):
+        monkeypatch.setattr(updates, "HOST_READABLE_DEVICES", readable)
+        out, counts = [t.clone() for t in state], []
+        for i in range(0, n, a):
+            piece = [t[i : i + a] for t in out]
+            zi = None if z is None else z[i : i + a]
+            count = updates.circle_update_(piece, grad[i : i + a], zi, True, fuse, True, False,
+                                           *numbers)  # fmt: skip
+            counts.append(None if count is None else int(count))
+        return out, counts
+
+    reads = []
+    real_float = torch.Tensor.__float__
+    monkeypatch.setattr(torch.Tensor, "__float__", lambda t: reads.append(1) or real_float(t))
+    got, got_counts = run(("cpu",))
+    n_reads = len(reads)
+    want, want_counts = run(())
+    assert n_reads == 3 and len(reads) == n_reads  # one per chunk; the generic step reads none
+    # the finite chunks report nothing held (None) where the generic step counts 0
+    assert got_counts == [None, 3, None] and want_counts == [0, 3, 0]
+    for new, ref in zip(got, want):
+        assert torch.equal(new, ref)
+        assert torch.isfinite(new).all()
+    # the held entries kept their point and got zero angular velocity
+    held = [a + 5, a + 77, a + 300]
+    assert torch.equal(got[0][held], state[0][held]) and not got[2][held].any()
 
 
 @pytest.mark.parametrize("constraint, radius", [("orthogonal", None), ("circle", 0.01)])

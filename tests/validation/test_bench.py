@@ -114,6 +114,13 @@ def test_side_by_side_contenders_simulate_the_same_molecule():
         manifold = ml.ImplicitManifold(g, jacobian=peers.chain_jacobian(beads))
         assert manifold.check_jacobian(x + 0.01 * torch.randn_like(x)) <= 1e-15
         assert torch.equal(peers.make_ml_molecule(8, beads, user_jacobian=True)(20), x)
+        # the ``*_obabo`` contenders run the registered second-order OBABO: the same molecule
+        # (bonds kept), a different path from BAOAB's
+        sampler, _ = peers.ml_molecule_sampler(8, beads, scheme="OBABO")
+        assert (sampler.scheme, sampler.order) == ("OBABO", 2)
+        x_obabo = peers.make_ml_molecule(8, beads, newton="frozen", scheme="OBABO")(20)
+        assert float(g(x_obabo).abs().max()) <= 1e-12
+        assert float((x_obabo - x).abs().max()) > 1e-3
         if peers.openmm_available() is None:
             pos = peers.make_openmm_molecule(8, beads, "Reference")(20)
             y = torch.as_tensor(np.asarray(pos)).reshape(8, 3 * beads)
