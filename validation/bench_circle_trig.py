@@ -26,6 +26,10 @@ computes what the eager loop computes with the same ``sin`` and ``cos``, and tha
 replacement's loop differs from the exact one by the polynomial's error; :func:`run` raises if
 not.
 
+It also times the eager step (``eager``, what the default ``CoLA`` runs) on one chunk of
+``CHUNK`` weights, the unit its eager update works in, against torch's ``sin`` and ``cos`` and an
+``add`` on the same chunk: the share of the two trigonometric kernels in the eager step.
+
 Run ``python -m validation.bench_circle_trig [--quick]``; writes ``bench_circle_trig.json`` to
 ``--out`` (default ``validation/results``).
 """
@@ -43,6 +47,7 @@ from unittest import mock
 import torch
 
 from manifold_langevin.integrators.circle_substeps import baoa_step_circles
+from manifold_langevin.optim.buckets import CHUNK
 from validation.bench_optim import environment, median_ms
 
 __all__ = ["TRIG", "check_replacement", "main", "reduced_cos_sin", "run", "trig"]
@@ -192,6 +197,34 @@ def accuracy() -> list[dict]:
     return rows
 
 
+def eager_chunk(reps: int) -> dict:
+    """Microseconds on one chunk of ``CHUNK`` float32 weights: the eager in-place circle step
+    at zero temperature (CoLA's default path, Python numbers), ``torch.sin`` and ``torch.cos``
+    into a buffer, and an in-place ``add``; ``trig_share`` is ``(sin + cos) / step``."""
+    gen = torch.Generator().manual_seed(1)
+    w = (2 * torch.rand(CHUNK, generator=gen) - 1) * RADIUS
+    state = [w, torch.sqrt(RADIUS**2 - w * w), 1e-2 * torch.ones(CHUNK)]
+    g = 1e-3 * torch.randn(CHUNK, generator=gen)
+    h = 0.1
+    theta, out = 1e-3 * torch.randn(CHUNK, generator=gen), torch.empty(CHUNK)
+
+    def step():
+        baoa_step_circles(*state, g, h, h, math.exp(-h), 0.0, RADIUS, None, True, inplace=True)
+
+    fns = {
+        "step": step,
+        "sin": lambda: torch.sin(theta, out=out),
+        "cos": lambda: torch.cos(theta, out=out),
+        "add": lambda: out.add_(theta),
+    }
+    us = {}
+    for name, fn in fns.items():
+        for _ in range(10):
+            fn()
+        us[name] = 1e3 * median_ms(fn, reps)
+    return {"chunk": CHUNK, "us": us, "trig_share": (us["sin"] + us["cos"]) / us["step"]}
+
+
 def run(*, quick: bool = False, log=print) -> dict:
     n, reps = (10**4, 5) if quick else (10**6, 201)
     gen = torch.Generator().manual_seed(0)
@@ -224,6 +257,13 @@ def run(*, quick: bool = False, log=print) -> dict:
                 "with the same sin/cos / to the exact loop: "
                 + "; ".join(f"{k} {a:.1e} / {b:.1e}" for k, (a, b) in by_dtype.items())
             )
+    eager = eager_chunk(reps)
+    if log:
+        u = eager["us"]
+        log(
+            f"eager step on a chunk of {CHUNK} weights {u['step']:.1f} us: sin {u['sin']:.1f}, "
+            f"cos {u['cos']:.1f} ({100 * eager['trig_share']:.0f}% of it), add {u['add']:.1f}"
+        )
     acc = accuracy()
     if log:
         for a in acc:
@@ -239,6 +279,7 @@ def run(*, quick: bool = False, log=print) -> dict:
         "reps": reps,
         "environment": environment(torch.device("cpu")),
         "median_ms": times,
+        "eager_chunk": eager,
         "accuracy": acc,
     }
 

@@ -373,6 +373,24 @@ def _trig_reading() -> str:
     )
 
 
+def _eager_trig() -> dict:
+    """The eager circle step on one chunk against torch's ``sin`` and ``cos``, from
+    ``bench_circle_trig.json`` (``"?"`` where it was not measured)."""
+    out = dict.fromkeys(("chunk", "step_us", "trig_us", "trig_share", "add_us"), "?")
+    path = RESULTS / "bench_circle_trig.json"
+    eager = json.loads(path.read_text()).get("eager_chunk") if path.exists() else None
+    if eager:
+        us = eager["us"]
+        out.update(
+            chunk=f"{eager['chunk']:,}",
+            step_us=f"{us['step']:.0f}",
+            trig_us=f"{us['sin'] + us['cos']:.0f}",
+            trig_share=f"{100 * eager['trig_share']:.0f}",
+            add_us=f"{us['add']:.1f}",
+        )
+    return out
+
+
 def _train_vs_cayley(o: dict) -> dict:
     compiled = ""
     if "cola_compiled_step" in _case(o, "train_ortho_1024")["methods"]:
@@ -424,6 +442,7 @@ MISSES: dict[str, Callable[[dict], dict]] = {
     },
     "train_vs_cayley": _train_vs_cayley,
     "e2_vs_sgd": lambda o: {
+        **_eager_trig(),
         "ratio": f"{_ratio(o, 'circle_mlp', 'cola', 'sgd_momentum'):.1f}",
         "spread": _spread(o, "circle_mlp", "cola", "sgd_momentum"),
         "compiled": f"{_ratio(o, 'circle_mlp', 'cola_compiled', 'sgd_momentum'):.1f}",

@@ -245,6 +245,10 @@ def test_bench_circle_trig_quick_run(tmp_path):
     result = json.loads((tmp_path / "bench_circle_trig.json").read_text())
     assert set(result["median_ms"]) == {*bench_circle_trig.TRIG, "sgd"}
     assert all(ms > 0 for ms in result["median_ms"].values())
+    # the eager step on one chunk contains its sin and cos (and 12 passes more)
+    eager = result["eager_chunk"]
+    assert set(eager["us"]) == {"step", "sin", "cos", "add"} and min(eager["us"].values()) > 0
+    assert 0 < eager["trig_share"] < 1
     for row in result["accuracy"]:
         assert max(row["cos_error"], row["sin_error"]) <= 2.0**-22, row
 
