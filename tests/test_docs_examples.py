@@ -3,14 +3,13 @@ rot. Each block runs on its own, single-threaded; shell commands go in ``bash`` 
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from manifold_langevin.nn import data
+from tests.validation import fashion_mnist
 
 ROOT = Path(__file__).parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -28,21 +27,12 @@ def test_pages_are_found():
     assert {"README.md", "docs/getting-started.md", "docs/tutorials/training.md"} <= names
 
 
-def _fashion_mnist_missing() -> bool:
-    try:
-        data._locate(None)
-    except FileNotFoundError:
-        return True
-    return False
-
-
 @pytest.mark.parametrize("code", list(_blocks()))
 def test_example_runs(code, capsys):
     # an example on Fashion-MNIST needs Debian's dataset-fashion-mnist: skipped without it,
     # except under CI (.ci/run installs it and sets MANIFOLD_LANGEVIN_CI), where it must run
-    if "fashion_mnist(" in code and not os.environ.get("MANIFOLD_LANGEVIN_CI"):
-        if _fashion_mnist_missing():
-            pytest.skip("apt-get install dataset-fashion-mnist")
+    if "fashion_mnist(" in code:
+        fashion_mnist.skip_if_missing_outside_ci()
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
