@@ -5,9 +5,9 @@ dimensions; shapes are Python ints (no host sync)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from .elementary import sine_ratio
 
 __all__ = [
     "GRAM_BLOCKS",
@@ -125,9 +125,10 @@ def expm_skew(a: torch.Tensor, stacked: bool = False) -> torch.Tensor:
     - $p = 3$ (Rodrigues): with the axial vector $\omega$ of $a$ ($a u = \omega \times u$) and
       $\theta = |\omega|$, $e^a = I + \frac{\sin\theta}{\theta} a +
       \frac{1 - \cos\theta}{\theta^2} a^2$, $a^2 = \omega\omega^\top - \theta^2 I$; the two
-      coefficients are written as ``sinc`` s ($\sin\theta/\theta = \mathrm{sinc}(\theta/\pi)$,
-      $(1 - \cos\theta)/\theta^2 = \tfrac12 \mathrm{sinc}^2(\theta / 2\pi)$), exact at
-      $\theta \to 0$ without a branch.
+      coefficients are written as ratios of sines ($\sin\theta/\theta$ and
+      $(1 - \cos\theta)/\theta^2 = \tfrac12 (\sin(\theta/2) / (\theta/2))^2$, see
+      [`sine_ratio`][manifold_langevin.manifolds.elementary.sine_ratio]), with no cancellation
+      as $\theta \to 0$.
     - $p \ge 4$: ``torch.linalg.matrix_exp``.
 
     Elementwise work on ``(...,)`` tensors for $p \le 3$ (no batched small products, no host
@@ -154,8 +155,9 @@ def expm_skew(a: torch.Tensor, stacked: bool = False) -> torch.Tensor:
         w1, w2, w3 = entry(2, 1), entry(0, 2), entry(1, 0)
         theta2 = w1 * w1 + w2 * w2 + w3 * w3
         theta = torch.sqrt(theta2)
-        c1 = torch.sinc(theta * (1.0 / math.pi))
-        half = torch.sinc(theta * (0.5 / math.pi))
+        c1 = sine_ratio(torch.sin(theta), theta)
+        half_theta = 0.5 * theta
+        half = sine_ratio(torch.sin(half_theta), half_theta)
         c2 = 0.5 * half * half
         d = 1.0 - c2 * theta2  # the diagonal: 1 + c2 (w_i^2 - theta^2) = 1 - c2 theta^2 + c2 w_i^2
         rows = (

@@ -6,6 +6,7 @@ import torch
 
 from .._checks import check_positive
 from .base import ConstrainedManifold, as_time, default_tolerance
+from .elementary import sine_ratio
 from .small_systems import row_sum
 
 __all__ = ["Sphere"]
@@ -97,8 +98,8 @@ class Sphere(ConstrainedManifold):
         omega = speed / r
         angle = omega * t
         cos, sin = torch.cos(angle), torch.sin(angle)
-        # sin(wt) / w = t sinc(wt / pi): finite as w -> 0
-        sin_over_omega = t * torch.sinc(angle / torch.pi)
+        # sin(wt) / w = t sin(wt) / (wt), finite as w -> 0
+        sin_over_omega = t * sine_ratio(sin, angle)
         x_t = x * cos + v * sin_over_omega
         v_t = v * cos - x * (omega * sin)
         x_t = x_t * (self.radius / torch.sqrt(_dot(x_t, x_t)))
