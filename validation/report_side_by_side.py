@@ -167,6 +167,7 @@ def _side_reading(side: dict) -> str:
         **_obabo_molecules(ratio),
         **alternated,
         **_stiefel_parts(),
+        **_sphere_geodesic(),
         **_constraint_algebra(),
         **_molecule_floor(),
     )
@@ -293,6 +294,27 @@ def _stiefel_parts() -> dict:
         "operand_mb": f"{36 * 8 * parts['chains'] / 1e6:.2g}",
         "cross_one": f"{cross[1]:.2g}" if 1 in cross else "?",
         "cross_many": f"{cross[10_000]:.2g}" if 10_000 in cross else "?",
+    }
+
+
+def _sphere_geodesic() -> dict:
+    """Placeholders from ``bench_sphere_geodesic.json``: ``torch.sinc``, ``torch.sin`` and
+    ``sine_ratio`` on one angle per chain in microseconds (``sg_sinc``, ``sg_sin``,
+    ``sg_ratio``), the S^2 step with each form (``sg_step_sinc``, ``sg_step``) and the gain."""
+    keys = ("sg_sinc", "sg_sin", "sg_ratio", "sg_step_sinc", "sg_step", "sg_gain", "sg_chains")
+    path = RESULTS / "bench_sphere_geodesic.json"
+    if not path.exists():
+        return dict.fromkeys(keys, "?")
+    result = json.loads(path.read_text())
+    kernels, steps = result["kernels_us"], result["step_us"]
+    return {
+        "sg_sinc": f"{kernels['sinc']:.0f}",
+        "sg_sin": f"{kernels['sin']:.0f}",
+        "sg_ratio": f"{kernels['sine_ratio']:.0f}",
+        "sg_step_sinc": f"{steps['sinc']:.0f}",
+        "sg_step": f"{steps['sine_ratio']:.0f}",
+        "sg_gain": f"{result['step_gain']:.2f}",
+        "sg_chains": f"{result['n_chains']:,}",
     }
 
 

@@ -311,6 +311,18 @@ def test_bench_stiefel_geodesic_quick_run(tmp_path):
     }
 
 
+def test_bench_sphere_geodesic_quick_run(tmp_path):
+    """``validation/bench_sphere_geodesic.py --quick``: the kernels and both forms' steps timed
+    (the script itself checks that each form ran in its own timings)."""
+    from validation import bench_sphere_geodesic
+
+    assert bench_sphere_geodesic.main(["--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "quick" / "bench_sphere_geodesic.json").read_text())
+    assert set(result["kernels_us"]) == {"sinc", "sin", "sine_ratio"}
+    assert all(v > 0 for v in result["kernels_us"].values())
+    assert set(result["step_us"]) == {"sinc", "sine_ratio"} and result["step_gain"] > 0
+
+
 def test_bench_constraint_algebra_quick_run(tmp_path):
     """``validation/bench_constraint_algebra.py --quick``: every part timed, the library's
     choice named, and each step variant timed."""
