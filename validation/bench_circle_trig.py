@@ -48,7 +48,7 @@ import torch
 
 from manifold_langevin.integrators.circle_substeps import baoa_step_circles
 from manifold_langevin.optim.buckets import CHUNK
-from validation.bench_optim import environment, median_ms
+from validation.bench_optim import environment, median_ms, median_us_each
 
 __all__ = ["TRIG", "check_replacement", "main", "reduced_cos_sin", "run", "trig"]
 
@@ -217,11 +217,7 @@ def eager_chunk(reps: int) -> dict:
         "cos": lambda: torch.cos(theta, out=out),
         "add": lambda: out.add_(theta),
     }
-    us = {}
-    for name, fn in fns.items():
-        for _ in range(10):
-            fn()
-        us[name] = 1e3 * median_ms(fn, reps)
+    us = median_us_each(fns, reps)
     return {"chunk": CHUNK, "us": us, "trig_share": (us["sin"] + us["cos"]) / us["step"]}
 
 

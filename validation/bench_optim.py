@@ -122,6 +122,17 @@ def median_ms(fn: Callable[[], object], reps: int) -> float:
     return 1e3 * statistics.median(run(fn) for _ in range(reps))
 
 
+def median_us_each(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 10) -> dict:
+    """Name -> median microseconds of ``reps`` calls of each of ``fns`` (one after the other,
+    each after ``warmup`` calls of its own): the micro-benchmarks' table of kernels."""
+    out = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        out[name] = 1e3 * median_ms(fn, reps)
+    return out
+
+
 def time_methods(
     methods: dict[str, Callable[[], object]],
     reps: int,

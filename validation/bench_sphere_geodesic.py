@@ -31,7 +31,7 @@ import torch
 from manifold_langevin.manifolds import sphere
 from manifold_langevin.manifolds.elementary import sine_ratio
 from validation import sampler_peers as peers
-from validation.bench_optim import cpu_bench_cli, environment, median_ms
+from validation.bench_optim import cpu_bench_cli, environment, median_us_each
 
 __all__ = ["N_CHAINS", "main", "run"]
 
@@ -55,12 +55,7 @@ def kernels_us(n: int, reps: int) -> dict:
         "sin": lambda: torch.sin(theta),
         "sine_ratio": lambda: sine_ratio(sin, theta),
     }
-    out = {}
-    for name, fn in fns.items():
-        for _ in range(10):
-            fn()
-        out[name] = 1e3 * median_ms(fn, reps)
-    return out
+    return median_us_each(fns, reps)
 
 
 def step_us(n: int, steps: int, repeats: int) -> dict:
