@@ -5,7 +5,8 @@ script compiles the same loop (the library's ``baoa_step_circles`` at zero tempe
 the angular velocity, one rotation with the renormalisation onto the radius, the bound on
 ``|w|``, the damping) with three ways of getting ``cos(theta)`` and ``sin(theta)``:
 
-* ``exact``: ``torch.cos`` / ``torch.sin`` (what CoLA uses);
+* ``exact``: the library's ``cos_sin``, which in a compiled loop is ``torch.cos`` /
+  ``torch.sin`` (inductor's vectorised code);
 * ``reduced_poly``: a float32-accurate replacement, branch-free so that it vectorises: the
   quadrant ``k = round(2 theta / pi)``, the remainder by a three-part Cody-Waite split of
   ``pi/2``, the minimax polynomials of Cephes' ``sinf`` / ``cosf`` on ``|r| <= pi/4``, and the
@@ -18,8 +19,8 @@ warm repeated calls on one thread (caches warm, unlike ``bench_optim``'s rotatio
 reports the largest error of ``reduced_poly`` against float64 ``sin``/``cos`` over several angle
 ranges.
 
-The library function is compiled as it is, not copied: for a replacement, ``torch.cos`` and
-``torch.sin`` are patched (``unittest.mock.patch``, :func:`trig`) while ``torch.compile`` traces
+The library function is compiled as it is, not copied: for a replacement, the rotation's
+``cos_sin`` is patched (``unittest.mock.patch``, :func:`trig`) while ``torch.compile`` traces
 it and while the compiled loop runs, so that dynamo inlines the replacement into the loop. After
 timing each variant, :func:`check_replacement` verifies on large angles that the compiled loop
 computes what the eager loop computes with the same ``sin`` and ``cos``, and that a
@@ -27,8 +28,10 @@ replacement's loop differs from the exact one by the polynomial's error; :func:`
 not.
 
 It also times the eager step (``eager``, what the default ``CoLA`` runs) on one chunk of
-``CHUNK`` weights, the unit its eager update works in, against torch's ``sin`` and ``cos`` and an
-``add`` on the same chunk: the share of the two trigonometric kernels in the eager step.
+``CHUNK`` weights, the unit its eager update works in, as the library runs it (NumPy's SIMD
+float32 ``cos`` and ``sin``, see ``manifolds.elementary.cos_sin``) and with torch's ``sin`` and
+``cos`` in their place, against those functions and an ``add`` on the same chunk: the share of
+the trigonometry in the eager step, and what taking NumPy's saves.
 
 Run ``python -m validation.bench_circle_trig [--quick]``; writes ``bench_circle_trig.json`` to
 ``--out`` (default ``validation/results``).
@@ -47,6 +50,7 @@ from unittest import mock
 import torch
 
 from manifold_langevin.integrators.circle_substeps import baoa_step_circles
+from manifold_langevin.manifolds.elementary import cos_sin as library_cos_sin
 from manifold_langevin.optim.buckets import CHUNK
 from validation.bench_optim import environment, median_ms, median_us_each
 
@@ -87,18 +91,25 @@ TRIG = {
 }
 
 
+#: where the circle rotation takes its cosine and sine (patched by :func:`trig`)
+_COS_SIN = "manifold_langevin.integrators.circle_substeps.cos_sin"
+
+
+def _torch_cos_sin(theta, sin_out=None):
+    """torch's ``cos`` and ``sin`` (what ``cos_sin`` takes off float32 CPU tensors)."""
+    return torch.cos(theta), torch.sin(theta, out=sin_out)
+
+
 @contextlib.contextmanager
 def trig(name: str):
-    """``torch.cos`` and ``torch.sin`` replaced by the two halves of ``TRIG[name]`` while active
-    (unchanged for ``"exact"``)."""
+    """The circle rotation's ``cos_sin`` replaced by ``TRIG[name]`` while active, in the eager
+    loop and in what ``torch.compile`` traces (unchanged for ``"exact"``: the library's own,
+    NumPy's functions eagerly on float32 CPU tensors, torch's in a compiled loop)."""
     cos_sin = TRIG[name]
     if cos_sin is None:
         yield
         return
-    with (
-        mock.patch("torch.cos", lambda theta: cos_sin(theta)[0]),
-        mock.patch("torch.sin", lambda theta: cos_sin(theta)[1]),
-    ):
+    with mock.patch(_COS_SIN, lambda theta, sin_out=None: cos_sin(theta)):
         yield
 
 
@@ -199,8 +210,11 @@ def accuracy() -> list[dict]:
 
 def eager_chunk(reps: int) -> dict:
     """Microseconds on one chunk of ``CHUNK`` float32 weights: the eager in-place circle step
-    at zero temperature (CoLA's default path, Python numbers), ``torch.sin`` and ``torch.cos``
-    into a buffer, and an in-place ``add``; ``trig_share`` is ``(sin + cos) / step``."""
+    at zero temperature (CoLA's default path, Python numbers) as the library runs it (``step``)
+    and with torch's ``sin`` and ``cos`` in place of NumPy's (``step_torch_trig``), the
+    library's ``cos_sin``, ``torch.sin`` and ``torch.cos`` into a buffer, and an in-place
+    ``add``, all in one rotation; ``trig_share`` is ``cos_sin / step`` and
+    ``torch_trig_share`` ``(sin + cos) / step_torch_trig``."""
     gen = torch.Generator().manual_seed(1)
     w = (2 * torch.rand(CHUNK, generator=gen) - 1) * RADIUS
     state = [w, torch.sqrt(RADIUS**2 - w * w), 1e-2 * torch.ones(CHUNK)]
@@ -211,14 +225,25 @@ def eager_chunk(reps: int) -> dict:
     def step():
         baoa_step_circles(*state, g, h, h, math.exp(-h), 0.0, RADIUS, None, True, inplace=True)
 
+    def step_torch_trig():
+        with mock.patch(_COS_SIN, _torch_cos_sin):
+            step()
+
     fns = {
         "step": step,
+        "step_torch_trig": step_torch_trig,
+        "cos_sin": lambda: library_cos_sin(theta, sin_out=out),
         "sin": lambda: torch.sin(theta, out=out),
         "cos": lambda: torch.cos(theta, out=out),
         "add": lambda: out.add_(theta),
     }
     us = median_us_each(fns, reps)
-    return {"chunk": CHUNK, "us": us, "trig_share": (us["sin"] + us["cos"]) / us["step"]}
+    return {
+        "chunk": CHUNK,
+        "us": us,
+        "trig_share": us["cos_sin"] / us["step"],
+        "torch_trig_share": (us["sin"] + us["cos"]) / us["step_torch_trig"],
+    }
 
 
 def run(*, quick: bool = False, log=print) -> dict:
@@ -257,8 +282,10 @@ def run(*, quick: bool = False, log=print) -> dict:
     if log:
         u = eager["us"]
         log(
-            f"eager step on a chunk of {CHUNK} weights {u['step']:.1f} us: sin {u['sin']:.1f}, "
-            f"cos {u['cos']:.1f} ({100 * eager['trig_share']:.0f}% of it), add {u['add']:.1f}"
+            f"eager step on a chunk of {CHUNK} weights {u['step']:.1f} us, its cos_sin "
+            f"{u['cos_sin']:.1f} ({100 * eager['trig_share']:.0f}% of it); with torch's sin "
+            f"{u['sin']:.1f} and cos {u['cos']:.1f} {u['step_torch_trig']:.1f} us "
+            f"({100 * eager['torch_trig_share']:.0f}%); add {u['add']:.1f}"
         )
     acc = accuracy()
     if log:

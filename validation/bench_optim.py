@@ -14,7 +14,9 @@ Cases (``CASES``):
   as ``(N, 2)`` points of ``geoopt.Sphere`` (momentum 0.9); CoLA eager (``cola``: the default,
   with its one finiteness sync; ``cola_mask``: sync-free, ``on_nonfinite="mask"``, which on
   CPU reads one sum per chunk of angles and selects entry by entry only where one is not finite;
-  ``cola_mask_everywhere``: the same selecting in every chunk, the path of an accelerator), eager at
+  ``cola_mask_everywhere``: the same selecting in every chunk, the path of an accelerator;
+  ``cola_torch_trig``: the default with torch's ``sin`` and ``cos`` where float32 on CPU takes
+  NumPy's, ``manifolds.elementary.cos_sin``), eager at
   temperature 1e-4 (``cola_noisy``: the default ``fuse=True``, one rotation per step with one
   normal per weight; ``cola_noisy_unfused``: rotate, O, rotate) and ``CoLA(compile=True)`` with
   and without the sync; ``normal_draws``: the one normal per weight of the noisy step alone.
@@ -73,6 +75,7 @@ import geoopt
 import torch
 from tqdm.auto import tqdm
 
+from manifold_langevin.manifolds import elementary
 from manifold_langevin.optim import CoLA, constrained_groups, orthogonal_init_, updates
 from validation.baselines import PaperStiefel
 
@@ -229,12 +232,14 @@ NOISY_TAU = 1e-4
 
 
 def _cola_variants(make: Callable[..., CoLA], compiled: bool) -> dict[str, Callable[[], object]]:
-    """The steps of eager CoLA (the default; sync-free ``on_nonfinite="mask"``, and the same
-    with the device-generic selection in every chunk), at temperature :data:`NOISY_TAU` (the
-    default ``fuse=True``: one rotation per step; and ``fuse=False``: rotate, O, rotate), and
-    (``compiled``) ``compile=True`` with and without the finiteness sync."""
+    """The steps of eager CoLA (the default, and the same with torch's ``sin`` and ``cos``;
+    sync-free ``on_nonfinite="mask"``, and the same with the device-generic selection in every
+    chunk), at temperature :data:`NOISY_TAU` (the default ``fuse=True``: one rotation per step;
+    and ``fuse=False``: rotate, O, rotate), and (``compiled``) ``compile=True`` with and without
+    the finiteness sync."""
     out = {
         "cola": make().step,
+        "cola_torch_trig": _torch_trig(make().step),
         "cola_mask": make(on_nonfinite="mask").step,
         "cola_mask_everywhere": _selecting_everywhere(make(on_nonfinite="mask").step),
         "cola_noisy": make(temperature=NOISY_TAU).step,
@@ -257,6 +262,21 @@ def _selecting_everywhere(step: Callable[[], object]) -> Callable[[], object]:
             return step()
         finally:
             updates.HOST_READABLE_DEVICES = saved
+
+    return run
+
+
+def _torch_trig(step: Callable[[], object]) -> Callable[[], object]:
+    """``step`` with torch's ``cos`` and ``sin`` for every angle, where on CPU float32 angles
+    take NumPy's (the same step on an accelerator or in float64)."""
+
+    def run():
+        saved = elementary.numpy_trig_applies
+        elementary.numpy_trig_applies = lambda theta: False
+        try:
+            return step()
+        finally:
+            elementary.numpy_trig_applies = saved
 
     return run
 

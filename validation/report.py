@@ -227,6 +227,8 @@ METHODS = {
     "geoopt_sphere": "geoopt `RiemannianSGD` (momentum 0.9), weights as `(N, 2)` points of "
     "`geoopt.Sphere`",
     "cola": "CoLA, eager (the default)",
+    "cola_torch_trig": "the same with torch's `sin` and `cos` (the default takes NumPy's SIMD "
+    "float32 functions on CPU)",
     "cola_mask": '`CoLA(on_nonfinite="mask")`, eager: no host sync (on CPU one read of a sum '
     "per chunk of angles, to select entry by entry only where one is not finite)",
     "cola_mask_everywhere": "the same selecting entry by entry in every chunk (the path of an "
@@ -374,21 +376,42 @@ def _trig_reading() -> str:
 
 
 def _eager_trig() -> dict:
-    """The eager circle step on one chunk against torch's ``sin`` and ``cos``, from
-    ``bench_circle_trig.json`` (``"?"`` where it was not measured)."""
-    out = dict.fromkeys(("chunk", "step_us", "trig_us", "trig_share", "add_us"), "?")
+    """The eager circle step on one chunk against its cosine and sine, NumPy's and torch's,
+    from ``bench_circle_trig.json`` (``"?"`` where it was not measured)."""
+    keys = ("chunk", "step_us", "cos_sin_us", "trig_share", "torch_step_us", "torch_trig_us",
+            "torch_trig_share", "add_us", "rest_us", "rest_adds")  # fmt: skip
+    out = dict.fromkeys(keys, "?")
     path = RESULTS / "bench_circle_trig.json"
     eager = json.loads(path.read_text()).get("eager_chunk") if path.exists() else None
-    if eager:
+    if eager and "cos_sin" in eager["us"]:
         us = eager["us"]
         out.update(
             chunk=f"{eager['chunk']:,}",
             step_us=f"{us['step']:.0f}",
-            trig_us=f"{us['sin'] + us['cos']:.0f}",
+            cos_sin_us=f"{us['cos_sin']:.0f}",
             trig_share=f"{100 * eager['trig_share']:.0f}",
+            torch_step_us=f"{us['step_torch_trig']:.0f}",
+            torch_trig_us=f"{us['sin'] + us['cos']:.0f}",
+            torch_trig_share=f"{100 * eager['torch_trig_share']:.0f}",
             add_us=f"{us['add']:.1f}",
+            rest_us=f"{us['step'] - us['cos_sin']:.0f}",
+            rest_adds=f"{(us['step'] - us['cos_sin']) / us['add']:.0f}",
         )
     return out
+
+
+def _rest_over_sgd(opt: dict) -> str:
+    """The eager circle step's passes other than its cosine and sine (one chunk's time from
+    ``bench_circle_trig.json``, scaled to the E2 network's circle weights) over SGD-momentum's
+    step on that network."""
+    path = RESULTS / "bench_circle_trig.json"
+    eager = json.loads(path.read_text()).get("eager_chunk") if path.exists() else None
+    if not eager or "cos_sin" not in eager["us"]:
+        return "?"
+    case = _case(opt, "circle_mlp")
+    rest_ms = 1e-3 * (eager["us"]["step"] - eager["us"]["cos_sin"])
+    rest_ms *= case["info"]["n_weights"] / eager["chunk"]
+    return f"{rest_ms / case['methods']['sgd_momentum']['median_ms']:.1f}"
 
 
 def _train_vs_cayley(o: dict) -> dict:
@@ -443,7 +466,10 @@ MISSES: dict[str, Callable[[dict], dict]] = {
     "train_vs_cayley": _train_vs_cayley,
     "e2_vs_sgd": lambda o: {
         **_eager_trig(),
+        "rest_sgd": _rest_over_sgd(o),
         "ratio": f"{_ratio(o, 'circle_mlp', 'cola', 'sgd_momentum'):.1f}",
+        "torch_trig": _ratio_text(o, "circle_mlp", "cola_torch_trig", "sgd_momentum"),
+        "torch_trig_over": _ratio_text(o, "circle_mlp", "cola_torch_trig", "cola"),
         "spread": _spread(o, "circle_mlp", "cola", "sgd_momentum"),
         "compiled": f"{_ratio(o, 'circle_mlp', 'cola_compiled', 'sgd_momentum'):.1f}",
     },
@@ -712,6 +738,8 @@ def performance(img: Path, docs: Path) -> None:
         misses=_misses(opt),
         mask_cpu=_ratio_text(opt, "circle_mlp", "cola_mask", "cola"),
         mask_everywhere=_ratio_text(opt, "circle_mlp", "cola_mask_everywhere", "cola"),
+        compiled_e2=_ratio_text(opt, "circle_mlp", "cola", "cola_compiled"),
+        compiled_flat=_ratio_text(opt, "circle_1e6", "cola", "cola_compiled"),
         sampler_environment=_environment_line(smp["environment"], smp["dtype"]),
         scheme=st["scheme"],
         step_size=f"{st['step_size']:g}",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..manifolds.circles import circle_project, circle_rotate
+from ..manifolds.elementary import cos_sin
 
 __all__ = [
     "baoa_step_circles",
@@ -156,9 +157,8 @@ def circle_turn(
         ``(w_t, xi_t)``.
     """
     inv_r2 = 1.0 / (radius * radius)
-    cos = torch.cos(theta)
     if inplace and not isinstance(radius, torch.Tensor):
-        sin = torch.sin(theta, out=theta)
+        cos, sin = cos_sin(theta, sin_out=theta)
         # r / |x| from the point before the rotation (a rotation keeps the norm)
         if exact:
             k = torch.mul(w, w).addcmul_(xi, xi).mul_(inv_r2).rsqrt_()
@@ -171,7 +171,7 @@ def circle_turn(
         sin.mul_(k)
         w_t = torch.mul(cos, w).addcmul_(sin, xi, value=-1.0)
         return w_t, xi.mul_(cos).addcmul_(sin, w)
-    sin = torch.sin(theta)
+    cos, sin = cos_sin(theta)
     q = (w * w + xi * xi) * inv_r2
     k = torch.rsqrt(q) if exact else 1.5 - 0.5 * q
     if held is not None:

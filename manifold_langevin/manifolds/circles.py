@@ -14,6 +14,7 @@ import torch
 from .._checks import check_positive
 from ..noise import standard_normal
 from .base import as_time
+from .elementary import cos_sin
 from .sphere import Sphere
 
 __all__ = [
@@ -90,7 +91,7 @@ def circle_rotate(
     """
     r2 = w * w + xi * xi
     theta = (w * pxi - xi * pw) / r2 * t
-    cos, sin = torch.cos(theta), torch.sin(theta)
+    cos, sin = cos_sin(theta)
     w_t = cos * w - sin * xi
     xi_t = sin * w + cos * xi
     scale = radius * torch.rsqrt(w_t * w_t + xi_t * xi_t)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .elementary import sine_ratio
+from .elementary import cos_sin, sine_ratio
 
 __all__ = [
     "GRAM_BLOCKS",
@@ -149,7 +149,7 @@ def expm_skew(a: torch.Tensor, stacked: bool = False) -> torch.Tensor:
 
     if p == 2:
         theta = entry(1, 0)
-        c, s = torch.cos(theta), torch.sin(theta)
+        c, s = cos_sin(theta)
         rows = ((c, -s), (s, c))
     else:
         w1, w2, w3 = entry(2, 1), entry(0, 2), entry(1, 0)

@@ -6,7 +6,7 @@ import torch
 
 from .._checks import check_positive
 from .base import ConstrainedManifold, as_time, default_tolerance
-from .elementary import sine_ratio
+from .elementary import cos_sin, sine_ratio
 from .small_systems import row_sum
 
 __all__ = ["Sphere"]
@@ -97,7 +97,7 @@ class Sphere(ConstrainedManifold):
         speed = torch.sqrt(_dot(v, v))
         omega = speed / r
         angle = omega * t
-        cos, sin = torch.cos(angle), torch.sin(angle)
+        cos, sin = cos_sin(angle)
         # sin(wt) / w = t sin(wt) / (wt), finite as w -> 0
         sin_over_omega = t * sine_ratio(sin, angle)
         x_t = x * cos + v * sin_over_omega
