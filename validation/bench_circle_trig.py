@@ -52,7 +52,7 @@ import torch
 from manifold_langevin.integrators.circle_substeps import baoa_step_circles
 from manifold_langevin.manifolds.elementary import cos_sin as library_cos_sin
 from manifold_langevin.optim.buckets import CHUNK
-from validation.bench_optim import environment, median_ms, median_us_each
+from validation.bench_optim import environment, median_ms, median_us_each, torch_trig
 
 __all__ = ["TRIG", "check_replacement", "main", "reduced_cos_sin", "run", "trig"]
 
@@ -93,11 +93,6 @@ TRIG = {
 
 #: where the circle rotation takes its cosine and sine (patched by :func:`trig`)
 _COS_SIN = "manifold_langevin.integrators.circle_substeps.cos_sin"
-
-
-def _torch_cos_sin(theta, sin_out=None):
-    """torch's ``cos`` and ``sin`` (what ``cos_sin`` takes off float32 CPU tensors)."""
-    return torch.cos(theta), torch.sin(theta, out=sin_out)
 
 
 @contextlib.contextmanager
@@ -225,13 +220,9 @@ def eager_chunk(reps: int) -> dict:
     def step():
         baoa_step_circles(*state, g, h, h, math.exp(-h), 0.0, RADIUS, None, True, inplace=True)
 
-    def step_torch_trig():
-        with mock.patch(_COS_SIN, _torch_cos_sin):
-            step()
-
     fns = {
         "step": step,
-        "step_torch_trig": step_torch_trig,
+        "step_torch_trig": torch_trig(step),
         "cos_sin": lambda: library_cos_sin(theta, sin_out=out),
         "sin": lambda: torch.sin(theta, out=out),
         "cos": lambda: torch.cos(theta, out=out),

@@ -70,6 +70,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import geoopt
 import torch
@@ -79,7 +80,7 @@ from manifold_langevin.manifolds import elementary
 from manifold_langevin.optim import CoLA, constrained_groups, orthogonal_init_, updates
 from validation.baselines import PaperStiefel
 
-__all__ = ["CASES", "TARGETS", "Case", "main", "median_ms", "run", "time_methods"]
+__all__ = ["CASES", "TARGETS", "Case", "main", "median_ms", "run", "time_methods", "torch_trig"]
 
 SCHEMA_VERSION = 1
 
@@ -239,7 +240,7 @@ def _cola_variants(make: Callable[..., CoLA], compiled: bool) -> dict[str, Calla
     the finiteness sync."""
     out = {
         "cola": make().step,
-        "cola_torch_trig": _torch_trig(make().step),
+        "cola_torch_trig": torch_trig(make().step),
         "cola_mask": make(on_nonfinite="mask").step,
         "cola_mask_everywhere": _selecting_everywhere(make(on_nonfinite="mask").step),
         "cola_noisy": make(temperature=NOISY_TAU).step,
@@ -251,34 +252,26 @@ def _cola_variants(make: Callable[..., CoLA], compiled: bool) -> dict[str, Calla
     return out
 
 
+def _patched(step: Callable[[], object], module, name: str, value) -> Callable[[], object]:
+    """``step`` run with ``module.name`` set to ``value`` (restored after each call)."""
+
+    def run():
+        with mock.patch.object(module, name, value):
+            return step()
+
+    return run
+
+
 def _selecting_everywhere(step: Callable[[], object]) -> Callable[[], object]:
     """``step`` with the sync-free circle update of an accelerator, which selects entry by
     entry in every chunk, where on CPU it selects only in a chunk with a non-finite angle."""
-
-    def run():
-        saved = updates.HOST_READABLE_DEVICES
-        updates.HOST_READABLE_DEVICES = ()
-        try:
-            return step()
-        finally:
-            updates.HOST_READABLE_DEVICES = saved
-
-    return run
+    return _patched(step, updates, "HOST_READABLE_DEVICES", ())
 
 
-def _torch_trig(step: Callable[[], object]) -> Callable[[], object]:
+def torch_trig(step: Callable[[], object]) -> Callable[[], object]:
     """``step`` with torch's ``cos`` and ``sin`` for every angle, where on CPU float32 angles
     take NumPy's (the same step on an accelerator or in float64)."""
-
-    def run():
-        saved = elementary.numpy_trig_applies
-        elementary.numpy_trig_applies = lambda theta: False
-        try:
-            return step()
-        finally:
-            elementary.numpy_trig_applies = saved
-
-    return run
+    return _patched(step, elementary, "numpy_trig_applies", lambda theta: False)
 
 
 def _normal_draws(n: int, device, dtype) -> Callable[[], object]:
