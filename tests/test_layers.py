@@ -1,10 +1,10 @@
 """The package's layers: imports point one way, and no module imports itself back.
 
 Every ``import`` of the package's modules, including those inside functions, is read from the
-source. The layers, bottom to top, are the shared modules (checks, the compile switch, errors,
-noise), ``manifolds``, ``integrators``, ``sampling``, ``testing``, ``optim``, ``nn`` and ``cli``;
-a module may import its own layer and those below it, never one above, and the import graph has
-no cycle.
+source. The layers, bottom to top, are the shared modules (checks, the compile switch, the
+host-read switch, errors, noise), ``manifolds``, ``integrators``, ``sampling``, ``testing``,
+``optim``, ``nn`` and ``cli``; a module may import its own layer and those below it, never one
+above, and the import graph has no cycle.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "manifold_langevin"
 LAYERS = ["_shared", "manifolds", "integrators", "sampling", "testing", "optim", "nn", "cli"]
-SHARED = {"_checks", "_compiling", "errors", "noise"}
+SHARED = {"_checks", "_compiling", "_host_reads", "errors", "noise"}
 
 
 def _module_name(path: Path) -> str:

@@ -18,7 +18,9 @@ What is guarded:
   sum of each chunk's angles (counted below, not forbidden).
 * the default ``on_nonfinite="raise"`` costs exactly one read per step (checked, not forbidden).
 * ``Langevin.sample`` / ``OverdampedLangevin.sample``: from the first integrator step to the end
-  of the loop (start-up checks and the final totals are host reads by design).
+  of the loop (start-up checks and the final totals are host reads by design), on the
+  device-generic path too: on CPU the generic SHAKE solve reads its largest residual once per
+  iterate, to end once every chain has stopped (counted below, not forbidden).
 
 One ``numpy`` call is not a read: the cosine and sine of float32 CPU angles
 (``manifolds.elementary.cos_sin``) hand the tensors' memory to NumPy's ``cos`` and ``sin``,
@@ -35,6 +37,7 @@ import pytest
 import torch
 
 import manifold_langevin as ml
+from manifold_langevin import _host_reads
 from manifold_langevin.manifolds.elementary import cos_sin
 from manifold_langevin.optim import CoLA, orthogonal_init_, updates
 from manifold_langevin.sampling import loop as sampling
@@ -163,7 +166,7 @@ def _grads(opt, seed):
     ids=["T0", "T>0", "T0-unfused", "od", "substeps"],
 )
 def test_cola_step_has_no_host_sync(monkeypatch, guard, params, config):
-    monkeypatch.setattr(updates, "HOST_READABLE_DEVICES", ())
+    monkeypatch.setattr(_host_reads, "HOST_READABLE_DEVICES", ())
     groups = _param_sets()[params]
     opt = CoLA(groups, lr=0.05, friction=1.0, on_nonfinite="mask", seed=0, **config)
     _grads(opt, 0)
@@ -298,6 +301,7 @@ def _sampler_cases():
 
 @pytest.mark.parametrize("name", list(_sampler_cases()))
 def test_sampling_loop_has_no_host_sync(guard, monkeypatch, name):
+    monkeypatch.setattr(_host_reads, "HOST_READABLE_DEVICES", ())
     dynamics, x0 = _sampler_cases()[name]
     step, finish = dynamics.step, sampling._raise_if_failed
     n_calls = []
@@ -324,6 +328,33 @@ def test_sampling_loop_has_no_host_sync(guard, monkeypatch, name):
     assert len(n_calls) == 12
     assert not guard.calls
     assert out.n_failures == 0
+
+
+def test_cpu_shake_reads_one_residual_per_iterate(monkeypatch):
+    """On CPU the generic SHAKE solve reads one number per iterate it runs (its largest
+    residual, to end once every chain has stopped) and nothing else: Langevin steps on the
+    ellipse read at least once per solve and at most its budget."""
+    dynamics, x0 = _sampler_cases()["ellipse-gBAOAB"]
+    manifold = dynamics.manifold
+    state = dynamics.init(x0, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    solves = []
+    shake = manifold._shake
+
+    def counted(*args, **kwargs):
+        solves.append(1)
+        return shake(*args, **kwargs)
+
+    monkeypatch.setattr(manifold, "_shake", counted)
+    guard = SyncGuard(monkeypatch, strict=False)
+    with guard:
+        for _ in range(5):
+            state, ok, _ = dynamics.step(state, gen)
+    assert bool(ok.all())
+    assert {name for name, _ in guard.calls} == {"__float__"}
+    assert all("_shake" in where for _, where in guard.calls)
+    assert len(solves) == 5 * 2 * dynamics.substeps
+    assert len(solves) <= len(guard.calls) < len(solves) * manifold.max_iter
 
 
 # ---------------------------------------------------------------------------- CUDA

@@ -76,8 +76,9 @@ import geoopt
 import torch
 from tqdm.auto import tqdm
 
+from manifold_langevin import _host_reads
 from manifold_langevin.manifolds import elementary
-from manifold_langevin.optim import CoLA, constrained_groups, orthogonal_init_, updates
+from manifold_langevin.optim import CoLA, constrained_groups, orthogonal_init_
 from validation.baselines import PaperStiefel
 
 __all__ = ["CASES", "TARGETS", "Case", "main", "median_ms", "run", "time_methods", "torch_trig"]
@@ -265,7 +266,7 @@ def _patched(step: Callable[[], object], module, name: str, value) -> Callable[[
 def _selecting_everywhere(step: Callable[[], object]) -> Callable[[], object]:
     """``step`` with the sync-free circle update of an accelerator, which selects entry by
     entry in every chunk, where on CPU it selects only in a chunk with a non-finite angle."""
-    return _patched(step, updates, "HOST_READABLE_DEVICES", ())
+    return _patched(step, _host_reads, "HOST_READABLE_DEVICES", ())
 
 
 def torch_trig(step: Callable[[], object]) -> Callable[[], object]:

@@ -37,8 +37,9 @@ the contender is, the general-formula geodesic for SO(3) and V(10, 3), OpenMM Re
 molecules). With ``--side-by-side-only`` the outputs are
 ``bench_sampler_side.json`` and ``bench_sampler_side.png``.
 
-Run ``python -m validation.bench_sampler [--quick] [--device D] [--side-by-side-only]``;
-writes ``bench_sampler.json`` and ``bench_sampler.png`` to ``--out`` (default
+Run ``python -m validation.bench_sampler [--quick] [--device D] [--side-by-side-only]
+[--threads N]`` (one torch thread unless ``--threads`` says otherwise; ``0`` leaves torch's
+own count); writes ``bench_sampler.json`` and ``bench_sampler.png`` to ``--out`` (default
 ``validation/results``, or ``validation/results/quick`` with ``--quick``, a run of a few
 seconds whose numbers are not meaningful).
 """
@@ -518,7 +519,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sweeps, a few seconds")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1, as the documented numbers; 0: leave torch's own)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument(
         "--side-by-side-only", action="store_true", help="only the side-by-side comparison"

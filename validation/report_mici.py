@@ -220,6 +220,7 @@ def mici_section() -> str:
         position_tol=f"{mt['position_tol']:g}",
         max_iters=mt["max_iters"],
         shake_tol=f"{ml_tol['shake_tol']:g}",
+        stop_tol=f"{ml_tol['stop_tol']:g}",
         reverse_tol=f"{ml_tol['reverse_tol']:g}",
         newton_iters=ml_tol["newton_iters"],
         numpy_check=f"{max(doc.get('numpy_check', {}).values(), default=float('nan')):.1e}",

@@ -321,7 +321,8 @@ def _sphere_geodesic() -> dict:
 def _shake_iterations() -> dict:
     """Placeholders from ``bench_shake_iterations.json`` (the SHAKE iterations timed in
     alternation): ``alt_<problem>_<method>`` the speed against Newton's, ``alt_s2_<method>_cf``
-    against ``Sphere()``."""
+    against ``Sphere()``, ``alt_<problem>_<method>_stop`` the time of the whole budget's step
+    over the default's."""
     path = RESULTS / "bench_shake_iterations.json"
     cases = (
         {c["problem"]: c for c in json.loads(path.read_text())["cases"]} if path.exists() else {}
@@ -337,4 +338,7 @@ def _shake_iterations() -> dict:
             out[f"alt_{problem}_{method}"] = ratio(problem, method, "speed_vs_newton")
     for method in ("newton_3", "quasi_newton", "frozen"):
         out[f"alt_s2_{method}_cf"] = ratio("s2", method, "speed_vs_closed_form")
+    for problem in ("s2", "trimer", "chain10"):
+        for method in ("newton", "frozen"):
+            out[f"alt_{problem}_{method}_stop"] = ratio(problem, method, "stop_gain")
     return out

@@ -13,8 +13,11 @@ is here:
 * ``geodesic(x, v, t)``: the exact constrained free flow where a closed form exists.
 
 The generic SHAKE solve here is Newton's method (or a simplified Newton variant that freezes the
-iteration matrix at the first iterate) on the ``m`` Lagrange multipliers, run for a fixed number of
-iterations so that no host synchronisation is needed; convergence is judged per chain from the
+iteration matrix at the first iterate) on the ``m`` Lagrange multipliers, within a fixed budget of
+iterations; each chain stops at the first iterate within a quarter of the tolerance
+(`STOP_FRACTION`), and on CPU, eagerly, the solve ends once every chain has stopped (one read of
+the largest residual per iterate), where accelerators and compiled code run the whole budget
+without host synchronisation, to the same numbers. Convergence is judged per chain from the
 final residual. Subclasses with closed forms (spheres, circles, Stiefel) override ``shake`` and
 ``geodesic``.
 """
@@ -29,6 +32,7 @@ import torch
 
 from .._checks import check_int, check_positive
 from .._compiling import is_compiling
+from .._host_reads import host_reads_free
 from ..noise import standard_normal
 from .small_systems import (
     factor_solve,
@@ -119,6 +123,17 @@ def finite_entries(*tensors: torch.Tensor) -> torch.Tensor:
         acc = acc.addcmul_(t, zero) if t.shape == acc.shape else acc + t * zero
     return acc == 0
 
+
+STOP_FRACTION = 0.25
+"""A chain's SHAKE iteration stops at the first iterate whose residual ``max_i |g_i|`` is at
+most this fraction of the tolerance: its multipliers are held from then on (the residual is
+zeroed entry by entry within the stop, so that the step is exactly zero), and the later iterates
+change none of its numbers. Newton's iterates are within rounding a few iterates after that,
+so the residual a step leaves is at most a quarter of the tolerance instead of at rounding; a
+smaller ``tol`` asks for more. Each chain's numbers depend on its own iterates only, whatever
+the other chains do, and where the host reads values for free (CPU, eagerly) the solve ends
+at the first iterate at which every chain has stopped, with the numbers the whole budget
+gives."""
 
 POINT_CACHE_SIZE = 3
 """Points whose Jacobians the point cache keeps: a RATTLE step of the samplers forms them at
@@ -232,7 +247,8 @@ class ConstrainedManifold(geoopt.Manifold):
         flags_nonfinite: whether the convergence flags of [`shake`][] and [`rattle`][] are
             already ``False`` wherever the returned point or momentum is not finite (their
             residual test sees every NaN/Inf), so that a caller need not check finiteness again.
-        max_iter: iteration budget of the SHAKE solve.
+        max_iter: iteration budget of the SHAKE solve (a chain stops within it at the first
+            iterate within `STOP_FRACTION` of the tolerance; on CPU the solve ends there).
         newton: ``True`` for Newton, ``False`` for simplified Newton (the iteration matrix
             ``J(x~) J(x)^T`` is formed once, at the unconstrained point, and reused); also
             ``True`` for a Newton start of two or more iterates (``newton=k``).
@@ -417,23 +433,38 @@ class ConstrainedManifold(geoopt.Manifold):
         xt = self._flat(x_tilde)
         lam = torch.zeros(*jac0_t.shape[:-2], jac0_t.shape[-1], 1, dtype=x.dtype, device=x.device)
         updates = self.matrix_updates
+        tol = self.tolerance(x)
+        stop = STOP_FRACTION * tol
+        # where reading is free, the solve ends at the first iterate every chain stopped at
+        readable = host_reads_free(xt) and xt.numel() > 0
+        g_new = jac_new = None
         for i in range(iters):
             yr = (xt + normal_combination(jac0_t, lam).squeeze(-1)).reshape(x.shape)
             if updates is None or i < updates:  # a new iteration matrix at this iterate
                 g, jac = self._value_and_jacobian(yr)
-                factor = small_factor(row_product(jac, jac0_t))
-                step = factor_solve(factor, g.unsqueeze(-1))
             else:
-                step = factor_solve(factor, self.constraint(yr).unsqueeze(-1))
-            lam = lam - step
-        x_new = (xt + normal_combination(jac0_t, lam).squeeze(-1)).reshape(x.shape)
-        if keep_jacobian and type(self).residual_norm is ConstrainedManifold.residual_norm:
-            g_new, jac_new = self._value_and_jacobian(x_new)
+                g, jac = self.constraint(yr), None
+            if readable and float(g.abs().amax()) <= stop:
+                # every multiplier is held from here on: yr is the point the budget would end
+                # at, and g (with jac, if formed here) its residual
+                x_new, g_new, jac_new = yr, g, jac
+                break
+            if jac is not None:
+                factor = small_factor(row_product(jac, jac0_t))
+            # a residual within the stop moves nothing: that chain's multipliers are held
+            lam = lam - factor_solve(factor, torch.nn.functional.hardshrink(g, stop).unsqueeze(-1))
+        else:
+            x_new = (xt + normal_combination(jac0_t, lam).squeeze(-1)).reshape(x.shape)
+        plain_residual = type(self).residual_norm is ConstrainedManifold.residual_norm
+        if keep_jacobian and plain_residual:
+            if jac_new is None:
+                g_new, jac_new = self._value_and_jacobian(x_new)
             self._cache.put(x_new, jac_new)
+        if plain_residual and g_new is not None:
             res = g_new.abs().amax(dim=-1)
         else:
             res = self.residual_norm(x_new)
-        converged = torch.isfinite(res) & (res <= self.tolerance(x))
+        converged = torch.isfinite(res) & (res <= tol)
         return x_new, converged
 
     def rattle(

@@ -32,8 +32,14 @@ class ImplicitManifold(ConstrainedManifold):
 
     (or with the matrix frozen: at the first iterate, ``J(\tilde x) J(x)^T``, ``newton=False``;
     at the ``j``-th after ``j`` Newton iterates, ``newton=j``; at the old point,
-    ``J(x) J(x)^T``, ``newton="frozen"``) for a fixed ``max_iter`` without host
-    synchronisation; a chain converged when ``max_i |g_i| <= tol`` at the end.
+    ``J(x) J(x)^T``, ``newton="frozen"``) within a budget of ``max_iter`` iterates. A chain
+    stops at the first iterate whose residual ``max_i |g_i|`` is at most ``tol / 4`` (its
+    multipliers are held from then on: `STOP_FRACTION`); on CPU, eagerly, the solve ends at the
+    first iterate at which every chain has stopped (one read of the largest residual per
+    iterate), while on accelerators and under ``torch.compile`` it runs the whole budget without
+    host synchronisation, to the same numbers. A chain converged when ``max_i |g_i| <= tol`` at
+    the end. A step's points are therefore within a quarter of the tolerance of the level set
+    rather than at rounding: a smaller ``tol`` solves further.
 
     Cost: each Newton iterate evaluates ``g`` once and its Jacobian by reverse passes: one for
     ``m = 1``, ``m`` passes seeded with the unit vectors, or for ``m >= 3`` and up to
@@ -47,7 +53,7 @@ class ImplicitManifold(ConstrainedManifold):
     factorised once. The Jacobian at the point a RATTLE step returns is formed with its
     residual and reused by the projections and the next SHAKE solve from that point. A hand-written
     ``jacobian`` replaces autodiff altogether, often the larger saving for many chains (the
-    unit sphere's ``2 x`` took its sampler step at 10^4 chains from 0.38x to 0.52x the speed of
+    unit sphere's ``2 x`` took its sampler step at 10^4 chains from 0.47x to 0.58x the speed of
     the closed-form `Sphere` step, ``python -m validation.bench_sampler --side-by-side-only``;
     check it once with [`check_jacobian`][manifold_langevin.ImplicitManifold.check_jacobian]).
 
@@ -55,15 +61,12 @@ class ImplicitManifold(ConstrainedManifold):
         g: the constraint function.
         tol: absolute tolerance on ``max_i |g_i(x)|`` (default by dtype: 1e-12 in float64, about
             1e-6 in float32).
-        max_iter: Newton iterations per solve.
+        max_iter: the budget of iterations per solve.
         newton: the iteration.
             ``True`` (default): Newton's, a Jacobian at every iterate.
             An integer ``j >= 1``: Newton's for the first ``j`` iterates, then the ``j``-th
-            iterate's matrix kept for the rest of the budget. Where Newton converges fast
-            it is within rounding after about three iterates, and the last ones only polish:
-            ``newton=3`` keeps Newton's reach on most sets and costs between the two (rigid
-            trimer: 1.25x Newton's steps per second, quasi-Newton 1.56x; ``python -m
-            validation.bench_shake_iterations``).
+            iterate's matrix kept for the rest of the budget: ``newton=3`` keeps Newton's
+            reach on most sets.
             ``False`` (the same as ``1``): quasi-Newton, the Jacobian formed once per solve (at
             the first iterate), then only ``g`` evaluated: cheaper iterations, but linear
             convergence.
@@ -77,9 +80,14 @@ class ImplicitManifold(ConstrainedManifold):
             to 0.05 to 0.2 in float64 and 0.1 to 0.5 in float32, and the frozen matrix up to
             0.01 to 0.1 in float64 and 0.05 to 0.5 in float32
             (``python -m validation.implicit_reach``). A molecular dynamics step moves atoms
-            by about a hundredth of a bond, within all three; there the two cheaper ones
-            pay (the rigid trimer and the 10-bead chain of the side-by-side benchmark,
-            ``python -m validation.bench_sampler --side-by-side-only``).
+            by about a hundredth of a bond, within all of them. Since each chain stops at
+            the first iterate within ``tol / 4``, Newton's quadratic convergence stops a
+            solve after fewer iterates than the cheaper iterations' linear one, which then
+            pay little or nothing: per BAOAB step, timed in turn on the side-by-side
+            benchmark's problems (``python -m validation.bench_shake_iterations``),
+            ``newton=3``, quasi-Newton and the frozen matrix run the rigid trimer at 0.88x,
+            0.90x and 1.00x Newton's steps per second and the 10-bead chain at 0.99x, 1.02x
+            and 1.21x.
         jacobian: optional ``Dg``: a callable mapping points ``(..., n)`` to ``(..., m, n)``
             (``(..., 1, n)`` or ``(..., n)`` for a scalar constraint), row by row like ``g``.
             It is trusted as given;

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 
 from .._compiling import is_compiling
+from .._host_reads import host_reads_free
 from ..integrators.base import finite_chains
 from ..integrators.circle_substeps import baoa_step_circles, euler_circles
 from ..integrators.euclidean_substeps import baoa_step_euclidean_, euler_euclidean_
@@ -135,13 +136,6 @@ def circle_update(state, grad, noise, ud, fuse, mask, exact, kick_h, h, c1, c2, 
     return _keep_finite(state, new, ok), (~ok).sum()
 
 
-#: device types whose tensors the host reads without a synchronisation (their memory is the
-#: host's). There the eager sync-free circle step tests each chunk's angles with one sum and takes
-#: the per-entry selection only in a chunk with a NaN/Inf angle; elsewhere it always selects, and
-#: reads nothing.
-HOST_READABLE_DEVICES = ("cpu",)
-
-
 def _any_nonfinite(theta: torch.Tensor) -> bool:
     """Whether an angle of the chunk may be NaN/Inf, from their sum (one host read): a sum is
     finite only if every term is. A sum that overflows from finite terms answers ``True`` too,
@@ -183,9 +177,10 @@ def circle_update_(state, grad, noise, ud, fuse, mask, exact, *numbers):
         # eager: the in-place step holds the non-finite entries itself, in float arithmetic
         # (on CPU comparisons and torch.where cost several times an add): the entries that
         # circle_update's selection rejects, with the same old values, in a few cheap passes;
-        # where reading a value is free, only in a chunk whose angles are not all finite
+        # where reading a value is free (on CPU: host_reads_free), only in a chunk whose angles
+        # are not all finite; on an accelerator in every chunk, reading nothing
         kick_h, h, c1, c2, _, radius = numbers
-        hold = _any_nonfinite if grad.device.type in HOST_READABLE_DEVICES else True
+        hold = _any_nonfinite if host_reads_free(grad) else True
         *_, held = baoa_step_circles(*state, grad, kick_h, h, c1, c2, radius, noise, fuse,
                                      True, exact, hold=hold)  # fmt: skip
         return None if held is None else _held_count(held)

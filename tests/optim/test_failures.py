@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from manifold_langevin import NonFiniteError, OffManifoldError, ShakeError, Stiefel
+from manifold_langevin import NonFiniteError, OffManifoldError, ShakeError, Stiefel, _host_reads
 from manifold_langevin.optim import CoLA, constrained_groups, orthogonal_init_
 
 from .helpers import (
@@ -151,9 +151,8 @@ def test_mask_mode_step_reads_nothing_on_the_host(monkeypatch):
     """The device-generic sync-free step (CUDA's; on CPU the eager circle step may read one sum
     per chunk, next test) reads no tensor value."""
     from manifold_langevin.manifolds import elementary
-    from manifold_langevin.optim import updates
 
-    monkeypatch.setattr(updates, "HOST_READABLE_DEVICES", ())
+    monkeypatch.setattr(_host_reads, "HOST_READABLE_DEVICES", ())
     # an accelerator's tensors take torch's cos and sin (on CPU float32 NumPy's run on the same
     # memory, which ``Tensor.numpy`` below would count as a read)
     monkeypatch.setattr(elementary, "numpy_trig_applies", lambda theta: False)
@@ -201,7 +200,7 @@ def test_cpu_mask_step_tests_each_chunk_then_holds_as_the_generic_step(monkeypat
     numbers = (0.5 * h, h, c1, c2, 1e-2, radius)
 
     def run(readable):
-        monkeypatch.setattr(updates, "HOST_READABLE_DEVICES", readable)
+        monkeypatch.setattr(_host_reads, "HOST_READABLE_DEVICES", readable)
         out, counts = [t.clone() for t in state], []
         for i in range(0, n, a):
             piece = [t[i : i + a] for t in out]

@@ -361,9 +361,10 @@ def test_bench_constraint_algebra_variants_run_the_code_they_name():
 
 def test_bench_molecule_floor_quick_run(tmp_path):
     """``validation/bench_molecule_floor.py --quick``: every piece timed, the step's evaluations
-    counted (Newton: a Jacobian at each of the two solves' 6 iterates and at each new point;
-    frozen: the constraint alone at the 12 iterates), and the floor is the counts times the
-    pieces' times."""
+    counted (Newton: a Jacobian at each iterate the two solves run, the last one's at the new
+    point, fewer than the 14 of the whole budget since a molecular dynamics step stops within
+    a few iterates; frozen: the constraint alone at the iterates, at most the budget's 12, and
+    a Jacobian at each new point), and the floor is the counts times the pieces' times."""
     from validation import bench_molecule_floor as bmf
 
     assert bmf.main(["--quick", "--out", str(tmp_path)]) == 0
@@ -373,8 +374,10 @@ def test_bench_molecule_floor_quick_run(tmp_path):
         assert r["constraint_ms"] > 0 and r["jacobian_ms"] > 0 and r["normals_ms"] > 0
         assert (r["openmm_reference_step_ms"] is None) == (r["openmm_skipped"] is not None)
         newton, frozen = r["per_step"]["True"], r["per_step"]["frozen"]
-        assert (newton["constraint_evaluations"], newton["jacobian_evaluations"]) == (0, 14)
-        assert (frozen["constraint_evaluations"], frozen["jacobian_evaluations"]) == (12, 2)
+        assert newton["constraint_evaluations"] == 0
+        assert 2 * 2 <= newton["jacobian_evaluations"] < 14
+        assert 2 <= frozen["constraint_evaluations"] <= 12
+        assert frozen["jacobian_evaluations"] == 2
         for p in (newton, frozen):
             assert p["normal_draws"] == 2
             floor = (
@@ -432,8 +435,11 @@ def test_bench_shake_iterations_quick_run(tmp_path):
     for case in result["cases"]:
         assert case["newton"]["speed_vs_newton"] == 1.0
         for method in bsi.METHODS:
-            q1, q3 = case[method]["quartiles_ms"]
-            assert 0 < q1 <= case[method]["median_ms"] <= q3
+            for label in (method, method + bsi.WHOLE):
+                q1, q3 = case[label]["quartiles_ms"]
+                assert 0 < q1 <= case[label]["median_ms"] <= q3
+            gain = case[method + bsi.WHOLE]["median_ms"] / case[method]["median_ms"]
+            assert case[method]["stop_gain"] == pytest.approx(gain)
     s2 = result["cases"][0]
     assert all(s2[m]["speed_vs_closed_form"] > 0 for m in bsi.METHODS)
 
