@@ -6,7 +6,8 @@ one contender and not on the next. Here the iterations take turns instead: BAOAB
 (``Langevin``, eager) with each of ``newton=True`` (Newton, the default), ``newton=3`` (three
 Newton iterates, then the third one's matrix kept), ``newton=False`` (quasi-Newton) and
 ``newton="frozen"`` (classic SHAKE, the old point's Gram matrix), a few steps each in turn,
-many rounds, on one CPU thread, float64; medians and quartiles of the time per step, and each
+many rounds, on one CPU thread, float64 (and ``ml.HMC`` on the ellipse with Newton, at the
+exact-sampling comparison's large steps); medians and quartiles of the time per step, and each
 median's ratio to Newton's. Each iteration is also timed with its solves run to the end of the
 budget (``<method>_whole_budget``: the path of an accelerator, where no value is read), whose
 time over the default's, ``stop_gain``, is what ending a solve once every chain has stopped
@@ -32,7 +33,9 @@ from unittest import mock
 
 import torch
 
+import manifold_langevin as ml
 from manifold_langevin import _host_reads
+from manifold_langevin.testing import get_problem
 from validation import sampler_peers as peers
 from validation.bench_optim import environment
 
@@ -42,9 +45,27 @@ METHODS = {"newton": True, "newton_3": 3, "quasi_newton": False, "frozen": "froz
 WHOLE = "_whole_budget"
 #: problem -> (chains, rounds, steps per turn) in full and quick mode
 SIZES = {
-    "full": {"s2": (10_000, 40, 5), "trimer": (4_000, 20, 5), "chain10": (4_000, 10, 2)},
-    "quick": {"s2": (100, 3, 1), "trimer": (10, 3, 1), "chain10": (10, 2, 1)},
+    "full": {
+        "s2": (10_000, 40, 5),
+        "trimer": (4_000, 20, 5),
+        "chain10": (4_000, 10, 2),
+        "hmc_ellipse": (1_000, 20, 3),
+    },
+    "quick": {
+        "s2": (100, 3, 1),
+        "trimer": (10, 3, 1),
+        "chain10": (10, 2, 1),
+        "hmc_ellipse": (10, 2, 1),
+    },
 }
+#: HMC on the ellipse at the exact-sampling comparison's settings (step 0.3, 5 leapfrog steps,
+#: ``validation.peers_mici``): large steps, where some chain of a batch needs every iterate of
+#: a solve; Newton only (the cheaper iterations do not reach such steps)
+HMC_STEP, HMC_LEAPFROG = 0.3, 5
+
+
+def _methods(problem: str) -> tuple[str, ...]:
+    return ("newton",) if problem == "hmc_ellipse" else tuple(METHODS)
 
 
 def whole_budget(run: Callable[[int], object]) -> Callable[[int], object]:
@@ -66,6 +87,11 @@ def _makers(problem: str, n: int) -> dict:
 
         def make(newton):
             return peers.make_ml_s2(n, implicit=True, newton=newton)
+    elif problem == "hmc_ellipse":
+        out = {}
+
+        def make(newton):
+            return _hmc_ellipse(n, newton)
     else:
         out = {}
         beads = 3 if problem == "trimer" else 10
@@ -73,10 +99,31 @@ def _makers(problem: str, n: int) -> dict:
         def make(newton):
             return peers.make_ml_molecule(n, beads, torch.float64, newton=newton)
 
-    for label, newton in METHODS.items():
-        out[label] = make(newton)
-        out[label + WHOLE] = whole_budget(make(newton))
+    for label in _methods(problem):
+        out[label] = make(METHODS[label])
+        out[label + WHOLE] = whole_budget(make(METHODS[label]))
     return out
+
+
+def _hmc_ellipse(n: int, newton) -> Callable[[int], object]:
+    """``run(n_steps)``: ``ml.HMC`` steps on the ``ellipse`` problem, ``n`` chains."""
+    p = get_problem("ellipse")
+    hmc = ml.HMC(
+        ml.ImplicitManifold(p.make_manifold().g, newton=newton),
+        potential=p.potential,
+        step_size=HMC_STEP,
+        n_leapfrog=HMC_LEAPFROG,
+        temperature=p.temperature,
+    )
+    gen = torch.Generator().manual_seed(0)
+    state = {"s": hmc.init(p.initial(n, dtype=torch.float64, generator=gen), generator=gen)}
+
+    def run(n_steps: int):
+        with torch.no_grad():
+            for _ in range(n_steps):
+                state["s"] = hmc.step(state["s"], gen)[0]
+
+    return run
 
 
 def measure(problem: str, n: int, rounds: int, steps: int) -> dict:
@@ -105,7 +152,7 @@ def measure(problem: str, n: int, rounds: int, steps: int) -> dict:
             "quartiles_ms": [1e3 * q1, 1e3 * q3],
             "speed_vs_newton": newton / med,
         }
-    for label in METHODS:
+    for label in _methods(problem):
         out[label]["stop_gain"] = out[label + WHOLE]["median_ms"] / out[label]["median_ms"]
     if "sphere_closed_form" in times:
         closed = statistics.median(times["sphere_closed_form"])
@@ -137,7 +184,7 @@ def main(argv=None) -> dict:
         speeds = ", ".join(
             f"{label} {case[label]['median_ms']:.2f} ms ({case[label]['speed_vs_newton']:.2f}x;"
             f" stop {case[label]['stop_gain']:.2f}x)"
-            for label in METHODS
+            for label in _methods(problem)
         )
         print(f"{problem:8s} {n:6d}: {speeds}")
         if "sphere_closed_form" in case:

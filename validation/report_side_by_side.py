@@ -341,4 +341,5 @@ def _shake_iterations() -> dict:
     for problem in ("s2", "trimer", "chain10"):
         for method in ("newton", "frozen"):
             out[f"alt_{problem}_{method}_stop"] = ratio(problem, method, "stop_gain")
+    out["alt_hmc_ellipse_newton_stop"] = ratio("hmc_ellipse", "newton", "stop_gain")
     return out

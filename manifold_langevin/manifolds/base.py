@@ -133,7 +133,9 @@ so the residual a step leaves is at most a quarter of the tolerance instead of a
 smaller ``tol`` asks for more. Each chain's numbers depend on its own iterates only, whatever
 the other chains do, and where the host reads values for free (CPU, eagerly) the solve ends
 at the first iterate at which every chain has stopped, with the numbers the whole budget
-gives."""
+gives. Since ending later changes no number, the solve reads the largest residual only from one
+iterate before the previous solve of the same manifold ended (after a solve that ran its whole
+budget, at the last iterate): where every solve runs to the end, a solve reads once."""
 
 POINT_CACHE_SIZE = 3
 """Points whose Jacobians the point cache keeps: a RATTLE step of the samplers forms them at
@@ -279,6 +281,8 @@ class ConstrainedManifold(geoopt.Manifold):
         self.frozen = self.matrix_updates == 0
         self.newton = self.matrix_updates is None or self.matrix_updates > 1
         self._cache = _PointCache()
+        # the first SHAKE iterate whose residual the CPU path reads (see STOP_FRACTION)
+        self._first_read = 0
 
     # ------------------------------------------------------------------ constraint view
     def constraint(self, x: torch.Tensor) -> torch.Tensor:
@@ -435,8 +439,10 @@ class ConstrainedManifold(geoopt.Manifold):
         updates = self.matrix_updates
         tol = self.tolerance(x)
         stop = STOP_FRACTION * tol
-        # where reading is free, the solve ends at the first iterate every chain stopped at
+        # where reading is free, the solve ends at the first iterate every chain stopped at;
+        # it reads from one iterate before the last solve ended (a hint, not a result)
         readable = host_reads_free(xt) and xt.numel() > 0
+        first_read = min(getattr(self, "_first_read", 0), iters - 1)
         g_new = jac_new = None
         for i in range(iters):
             yr = (xt + normal_combination(jac0_t, lam).squeeze(-1)).reshape(x.shape)
@@ -444,10 +450,11 @@ class ConstrainedManifold(geoopt.Manifold):
                 g, jac = self._value_and_jacobian(yr)
             else:
                 g, jac = self.constraint(yr), None
-            if readable and float(g.abs().amax()) <= stop:
+            if readable and i >= first_read and float(g.abs().amax()) <= stop:
                 # every multiplier is held from here on: yr is the point the budget would end
                 # at, and g (with jac, if formed here) its residual
                 x_new, g_new, jac_new = yr, g, jac
+                self._first_read = max(i - 1, 0)
                 break
             if jac is not None:
                 factor = small_factor(row_product(jac, jac0_t))
@@ -455,6 +462,8 @@ class ConstrainedManifold(geoopt.Manifold):
             lam = lam - factor_solve(factor, torch.nn.functional.hardshrink(g, stop).unsqueeze(-1))
         else:
             x_new = (xt + normal_combination(jac0_t, lam).squeeze(-1)).reshape(x.shape)
+            if readable:  # the whole budget ran: the next solve reads at its last iterate first
+                self._first_read = iters - 1
         plain_residual = type(self).residual_norm is ConstrainedManifold.residual_norm
         if keep_jacobian and plain_residual:
             if jac_new is None:

@@ -85,9 +85,9 @@ class ImplicitManifold(ConstrainedManifold):
             solve after fewer iterates than the cheaper iterations' linear one, which then
             pay little or nothing: per BAOAB step, timed in turn on the side-by-side
             benchmark's problems (``python -m validation.bench_shake_iterations``),
-            ``newton=3``, quasi-Newton and the frozen matrix run the rigid trimer at 0.88x,
-            0.90x and 1.00x Newton's steps per second and the 10-bead chain at 0.99x, 1.02x
-            and 1.21x.
+            ``newton=3``, quasi-Newton and the frozen matrix run the rigid trimer at 0.98x,
+            0.93x and 0.93x Newton's steps per second and the 10-bead chain at 1.00x, 1.03x
+            and 1.15x.
         jacobian: optional ``Dg``: a callable mapping points ``(..., n)`` to ``(..., m, n)``
             (``(..., 1, n)`` or ``(..., n)`` for a scalar constraint), row by row like ``g``.
             It is trusted as given;

@@ -137,3 +137,39 @@ def test_one_chain_that_has_not_stopped_keeps_the_solve_going():
     assert torch.equal(y[keep], y_alone)
     # the frozen iteration evaluates g at each of its iterates and once at the end
     assert n_calls == manifold.max_iter + 1
+
+
+def _reads(monkeypatch):
+    """The list that every ``float(tensor)`` inside the block appends to."""
+    calls = []
+    real = torch.Tensor.__float__
+
+    def counted(t):
+        calls.append(1)
+        return real(t)
+
+    monkeypatch.setattr(torch.Tensor, "__float__", counted)
+    return calls
+
+
+def test_where_the_solve_first_reads_changes_no_number(monkeypatch):
+    """The iterate the solve first reads its residual at is a hint kept from the previous solve
+    (one before where that one ended; its last iterate after a solve that ran to the end):
+    from whichever iterate it starts, the numbers are the same, and after a solve that ran its
+    whole budget the next such solve reads once."""
+    p, x, v = _steps("sphere_plane", 30, torch.float64, seed=13)
+    manifold = ml.ImplicitManifold(p.make_manifold().g)
+    with torch.no_grad():
+        runs = []
+        for first in range(manifold.max_iter):
+            manifold._first_read = first
+            runs.append(manifold.shake(x, x + v))
+        for y, ok in runs[1:]:
+            assert torch.equal(y, runs[0][0]) and torch.equal(ok, runs[0][1])
+        far = v.clone()
+        far[0] = far[0] * (40.0 / far[0].norm())  # beyond reach: the whole budget runs
+        manifold.shake(x, x + far)
+        assert manifold._first_read == manifold.max_iter - 1
+        reads = _reads(monkeypatch)
+        _, ok = manifold.shake(x, x + far)
+    assert not bool(ok[0]) and len(reads) == 1

@@ -426,15 +426,17 @@ def test_implicit_reach_quick_run(tmp_path):
 
 def test_bench_shake_iterations_quick_run(tmp_path):
     """``validation/bench_shake_iterations.py --quick``: every iteration timed on the three
-    problems, the sphere also against its closed form."""
+    sampler problems, the sphere also against its closed form, and Newton in ``ml.HMC`` on the
+    ellipse, each ending early and running the whole budget."""
     from validation import bench_shake_iterations as bsi
 
     result = bsi.main(["--quick", "--out", str(tmp_path / "bench_shake_iterations.json")])
     assert (tmp_path / "quick" / "bench_shake_iterations.json").exists()
-    assert [c["problem"] for c in result["cases"]] == ["s2", "trimer", "chain10"]
+    assert [c["problem"] for c in result["cases"]] == ["s2", "trimer", "chain10", "hmc_ellipse"]
     for case in result["cases"]:
         assert case["newton"]["speed_vs_newton"] == 1.0
-        for method in bsi.METHODS:
+        methods = ("newton",) if case["problem"] == "hmc_ellipse" else bsi.METHODS
+        for method in methods:
             for label in (method, method + bsi.WHOLE):
                 q1, q3 = case[label]["quartiles_ms"]
                 assert 0 < q1 <= case[label]["median_ms"] <= q3
