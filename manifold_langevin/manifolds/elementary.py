@@ -27,11 +27,9 @@ import numpy as np
 import torch
 from torch.autograd import forward_ad
 
-__all__ = ["cos_sin", "numpy_trig_applies", "sine_ratio"]
+from .._host_reads import traced
 
-# private hooks, read defensively: without them every tensor takes torch's functions
-_is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-_is_compiling = getattr(torch.compiler, "is_compiling", None)
+__all__ = ["cos_sin", "numpy_trig_applies", "sine_ratio"]
 
 
 def numpy_trig_applies(theta: torch.Tensor) -> bool:
@@ -39,15 +37,12 @@ def numpy_trig_applies(theta: torch.Tensor) -> bool:
     tensor that no autograd (reverse or forward mode), ``torch.func`` transform or
     ``torch.compile`` trace needs to see through."""
     return (
-        _is_compiling is not None
-        and not _is_compiling()
-        and theta.dtype == torch.float32
+        theta.dtype == torch.float32
         and theta.device.type == "cpu"
         and type(theta) is torch.Tensor
         and not theta.requires_grad
         and getattr(forward_ad, "_current_level", 0) < 0
-        and _is_wrapped is not None
-        and not _is_wrapped(theta)
+        and not traced(theta)
     )
 
 
