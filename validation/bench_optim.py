@@ -81,7 +81,17 @@ from manifold_langevin.manifolds import elementary
 from manifold_langevin.optim import CoLA, constrained_groups, orthogonal_init_
 from validation.baselines import PaperStiefel
 
-__all__ = ["CASES", "TARGETS", "Case", "main", "median_ms", "run", "time_methods", "torch_trig"]
+__all__ = [
+    "CASES",
+    "TARGETS",
+    "Case",
+    "host_reads_off",
+    "main",
+    "median_ms",
+    "run",
+    "time_methods",
+    "torch_trig",
+]
 
 SCHEMA_VERSION = 1
 
@@ -253,20 +263,27 @@ def _cola_variants(make: Callable[..., CoLA], compiled: bool) -> dict[str, Calla
     return out
 
 
-def _patched(step: Callable[[], object], module, name: str, value) -> Callable[[], object]:
-    """``step`` run with ``module.name`` set to ``value`` (restored after each call)."""
+def _patched(step: Callable[..., object], module, name: str, value) -> Callable[..., object]:
+    """``step`` run with ``module.name`` set to ``value`` (restored after each call; the
+    arguments are passed on)."""
 
-    def run():
+    def run(*args, **kwargs):
         with mock.patch.object(module, name, value):
-            return step()
+            return step(*args, **kwargs)
 
     return run
+
+
+def host_reads_off(step: Callable[..., object]) -> Callable[..., object]:
+    """``step`` on the device-generic paths of an accelerator, which read no value on the host
+    where on CPU a read is free (``manifold_langevin._host_reads``)."""
+    return _patched(step, _host_reads, "HOST_READABLE_DEVICES", ())
 
 
 def _selecting_everywhere(step: Callable[[], object]) -> Callable[[], object]:
     """``step`` with the sync-free circle update of an accelerator, which selects entry by
     entry in every chunk, where on CPU it selects only in a chunk with a non-finite angle."""
-    return _patched(step, _host_reads, "HOST_READABLE_DEVICES", ())
+    return host_reads_off(step)
 
 
 def torch_trig(step: Callable[[], object]) -> Callable[[], object]:

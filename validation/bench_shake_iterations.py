@@ -29,15 +29,13 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from unittest import mock
 
 import torch
 
 import manifold_langevin as ml
-from manifold_langevin import _host_reads
 from manifold_langevin.testing import get_problem
 from validation import sampler_peers as peers
-from validation.bench_optim import environment
+from validation.bench_optim import environment, host_reads_off
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = {"newton": True, "newton_3": 3, "quasi_newton": False, "frozen": "frozen"}
@@ -71,12 +69,7 @@ def _methods(problem: str) -> tuple[str, ...]:
 def whole_budget(run: Callable[[int], object]) -> Callable[[int], object]:
     """``run`` with every SHAKE solve run to the end of its budget, as on an accelerator (on
     CPU a solve ends once every chain has stopped)."""
-
-    def timed(n_steps: int):
-        with mock.patch.object(_host_reads, "HOST_READABLE_DEVICES", ()):
-            return run(n_steps)
-
-    return timed
+    return host_reads_off(run)
 
 
 def _makers(problem: str, n: int) -> dict:
